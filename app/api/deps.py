@@ -1,0 +1,42 @@
+"""Dependencies a route can ask for by type: `service: Uploads, principal: CurrentPrincipal`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from app.container import Container
+from app.errors import InvalidToken, NotReady
+from app.uploads.models import Principal
+from app.uploads.service import UploadService
+
+_bearer = HTTPBearer(auto_error=False, description="RS256 JWT issued by the main service.")
+
+
+def get_container(request: Request) -> Container:
+    container: Container | None = getattr(request.app.state, "container", None)
+    if container is None:
+        raise NotReady()
+    return container
+
+
+AppContainer = Annotated[Container, Depends(get_container)]
+
+
+def get_upload_service(container: AppContainer) -> UploadService:
+    return container.uploads
+
+
+async def get_principal(
+    container: AppContainer,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise InvalidToken("A bearer token is required.")
+    return await container.verifier.verify(credentials.credentials)
+
+
+Uploads = Annotated[UploadService, Depends(get_upload_service)]
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]

@@ -1,0 +1,180 @@
+"""The upload endpoints: init, chunk, complete, status, abort."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app.api.chunk_form import read_chunk_form
+from app.api.deps import CurrentPrincipal, Uploads
+from app.api.envelope import success
+from app.api.schemas import CompleteBody, Envelope, InitBody
+from app.errors import ChunkTooLarge, SessionNotFound, ValidationFailed
+from app.uploads.models import CompleteRequest, InitRequest, SessionView
+
+router = APIRouter(prefix="/upload", tags=["upload"])
+
+MESSAGE_NOTIFIED = "File upload completed and main service notified."
+MESSAGE_QUEUED = "File upload completed; main service notification queued."
+# A multipart envelope around a chunk is a few hundred bytes; allow generous slack.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+@router.post("/init", response_model=Envelope)
+async def init_upload(body: InitBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+    session = await uploads.init(principal, InitRequest(**body.model_dump()))
+    return success(
+        "Upload session initialized.",
+        {
+            "upload_session_id": session.id,
+            "expires_at": session.expires_at.isoformat(),
+            "max_chunk_size": uploads.policy.max_chunk_size,
+        },
+    )
+
+
+@router.post(
+    "/chunk",
+    response_model=Envelope,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["upload_session_id", "chunk_index", "chunk"],
+                        "properties": {
+                            "upload_session_id": {"type": "string", "format": "uuid"},
+                            "chunk_index": {"type": "integer", "minimum": 0},
+                            "chunk_sha256": {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"},
+                            "chunk": {"type": "string", "format": "binary"},
+                        },
+                    }
+                }
+            },
+        },
+    },
+)
+async def upload_chunk(request: Request, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+    declared_length = request.headers.get("content-length")
+    limit = uploads.policy.max_chunk_size + MULTIPART_OVERHEAD_BYTES
+    if declared_length and declared_length.isdigit() and int(declared_length) > limit:
+        raise ChunkTooLarge(details={"max_chunk_size": uploads.policy.max_chunk_size})
+
+    async def check_session(session_id: str) -> None:
+        await uploads.check_can_receive(principal, _session_id(session_id))
+
+    form = await read_chunk_form(request, uploads.new_chunk_writer, check_session)
+    staged = form.staged
+    try:
+        missing = [
+            name for name in ("upload_session_id", "chunk_index") if not form.fields.get(name)
+        ]
+        if staged is None:
+            missing.append("chunk")
+        if missing:
+            raise ValidationFailed(
+                "Required form fields are missing.", details={"missing": missing}
+            )
+        session_id = _session_id(form.fields["upload_session_id"])
+        index = _chunk_index(form.fields["chunk_index"])
+        chunk_sha256 = _optional_sha256(form.fields.get("chunk_sha256"))
+    except BaseException:
+        if staged is not None:
+            await uploads.staging.remove_temp(staged)
+        raise
+    assert staged is not None
+    chunk = await uploads.accept_chunk(principal, session_id, index, staged, chunk_sha256)
+    return success(
+        "Chunk uploaded successfully.",
+        {
+            "chunk_index": chunk.index,
+            "size": chunk.size_bytes,
+            "sha256": chunk.sha256,
+        },
+    )
+
+
+@router.post("/complete", response_model=Envelope)
+async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+    outcome = await uploads.complete(
+        principal,
+        CompleteRequest(
+            upload_session_id=str(body.upload_session_id),
+            total_chunks=body.total_chunks,
+            main_service_file_id=body.main_service_file_id,
+            sha256=body.sha256,
+        ),
+    )
+    return success(MESSAGE_NOTIFIED if outcome.notified else MESSAGE_QUEUED, outcome.result)
+
+
+@router.get("/{upload_session_id}", response_model=Envelope)
+async def upload_status(
+    upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
+) -> Any:
+    view = await uploads.status(principal, _session_id_or_404(upload_session_id))
+    return success("Upload session status.", _status_data(view))
+
+
+@router.delete("/{upload_session_id}", response_model=Envelope)
+async def abort_upload(
+    upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
+) -> Any:
+    session = await uploads.abort(principal, _session_id_or_404(upload_session_id))
+    return success(
+        "Upload session aborted.",
+        {
+            "upload_session_id": session.id,
+            "state": session.state.value,
+        },
+    )
+
+
+def _status_data(view: SessionView) -> dict[str, Any]:
+    session = view.session
+    data: dict[str, Any] = {
+        "upload_session_id": session.id,
+        "state": view.state.value,
+        "main_service_file_id": session.main_service_file_id,
+        "original_file_name": session.original_file_name,
+        "received_chunks": view.received_chunks,
+        "received_bytes": view.received_bytes,
+        "total_chunks": session.total_chunks,
+        "total_size": session.total_size,
+        "expires_at": session.expires_at.isoformat(),
+    }
+    if session.result is not None:
+        data["result"] = session.result
+    return data
+
+
+def _session_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValidationFailed("upload_session_id must be a UUID.") from None
+
+
+def _session_id_or_404(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise SessionNotFound() from None
+
+
+def _chunk_index(value: str) -> int:
+    if not value.isdigit():
+        raise ValidationFailed("chunk_index must be a non-negative integer.")
+    return int(value)
+
+
+def _optional_sha256(value: str | None) -> str | None:
+    if not value:
+        return None
+    if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise ValidationFailed("chunk_sha256 must be 64 hexadecimal characters.")
+    return value.lower()

@@ -1,0 +1,1 @@
+"""Bearer-token verification against the main service's public key(s) -> Principal."""

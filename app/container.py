@@ -1,0 +1,86 @@
+"""The service's parts, built once at start-up from the settings and closed at shutdown."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.auth.keys import key_source_from
+from app.auth.tokens import TokenVerifier
+from app.settings import Settings
+from app.storage.database import create_engine, migrate
+from app.storage.s3 import S3MultipartStore
+from app.storage.sql_store import SqlSessionStore
+from app.storage.staging import DiskStaging
+from app.uploads.service import UploadPolicy, UploadService
+
+
+@dataclass
+class Container:
+    settings: Settings
+    engine: AsyncEngine
+    store: SqlSessionStore
+    staging: DiskStaging
+    objects: S3MultipartStore
+    uploads: UploadService
+    verifier: TokenVerifier
+    stack: AsyncExitStack
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+def build_verifier(settings: Settings) -> TokenVerifier:
+    return TokenVerifier(
+        key_source_from(settings),
+        algorithm=settings.jwt_algorithm,
+        issuer=settings.expected_jwt_issuer,
+        audience=settings.expected_jwt_audience,
+        leeway_seconds=settings.jwt_leeway_seconds,
+        require_file_id=settings.jwt_require_file_id_claim,
+    )
+
+
+def policy_from(settings: Settings) -> UploadPolicy:
+    return UploadPolicy(
+        max_chunk_size=settings.max_chunk_size,
+        max_file_size=settings.max_file_size,
+        max_chunks=settings.max_chunks,
+        session_ttl_seconds=settings.session_ttl_seconds,
+        completion_lease_seconds=settings.completion_lease_seconds,
+        allowed_extensions=settings.allowed_audio_extensions,
+        key_prefix=settings.s3_key_prefix,
+        part_size_bytes=settings.s3_part_size_bytes,
+        part_concurrency=settings.s3_max_concurrency,
+    )
+
+
+async def build_container(settings: Settings, verifier: TokenVerifier) -> Container:
+    stack = AsyncExitStack()
+    try:
+        staging = DiskStaging(settings.local_temp_chunk_path, fsync=settings.staging_fsync)
+        staging.prepare()
+        engine = create_engine(settings.resolved_database_url, schema=settings.database_schema)
+        stack.push_async_callback(engine.dispose)
+        if settings.auto_migrate:
+            await migrate(engine, schema=settings.database_schema)
+        objects = S3MultipartStore(settings)
+        await objects.open()
+        stack.push_async_callback(objects.close)
+        store = SqlSessionStore(engine)
+        uploads = UploadService(store, staging, objects, policy_from(settings))
+    except BaseException:
+        await stack.aclose()
+        raise
+    return Container(
+        settings=settings,
+        engine=engine,
+        store=store,
+        staging=staging,
+        objects=objects,
+        uploads=uploads,
+        verifier=verifier,
+        stack=stack,
+    )

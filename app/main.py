@@ -1,0 +1,106 @@
+"""create_app() and its lifespan: the one place where the parts are wired together.
+
+`uvicorn app.main:app` reads the settings when it first asks for `app`, so importing
+this module (in tests, in tools) neither reads the environment nor connects anywhere.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import health, uploads
+from app.api.envelope import install_error_handlers
+from app.api.schemas import ErrorEnvelope
+from app.container import build_container, build_verifier
+from app.logging import configure_logging
+from app.settings import Settings, load_settings
+
+log = structlog.get_logger(__name__)
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorEnvelope, "description": description}
+    for status, description in {
+        401: "Missing or invalid bearer token",
+        403: "Token not allowed to do this",
+        404: "Unknown session (or another user's)",
+        409: "Conflict with the session's state",
+        410: "Session expired",
+        413: "Too large",
+        415: "Not supported audio",
+        422: "Invalid request",
+        503: "Storage unavailable",
+        507: "Staging storage full",
+    }.items()
+}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    configure_logging(settings.log_level)
+    verifier = build_verifier(settings)  # a bad key stops start-up here, not at first use
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        container = await build_container(settings, verifier)
+        app.state.container = container
+        log.info(
+            "service.started",
+            database=container.engine.dialect.name,
+            bucket=settings.s3_bucket_name,
+        )
+        try:
+            yield
+        finally:
+            app.state.container = None
+            await container.close()
+            log.info("service.stopped")
+
+    app = FastAPI(
+        title="Audio upload service", version="1.0.0", lifespan=lifespan, responses=ERROR_RESPONSES
+    )
+    install_error_handlers(app)
+    app.include_router(uploads.router)
+    app.include_router(health.router)
+
+    app.add_middleware(RequestIdMiddleware)
+    return app
+
+
+class RequestIdMiddleware:
+    """Binds a request id to every log line of a request and echoes it back.
+    Plain ASGI (not BaseHTTPMiddleware) so request bodies stream through untouched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("x-request-id", "")
+        request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":
+        application = create_app()
+        globals()["app"] = application
+        return application
+    raise AttributeError(name)

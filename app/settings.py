@@ -1,0 +1,179 @@
+"""All configuration, read once from the environment (or `.env`) at start-up.
+
+Names of the seed's variables are kept unchanged. Every field carries its unit in its
+name or its description; every default is safe for a single-node deployment. A missing
+or invalid setting stops start-up with one line that names it (see `load_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# Symmetric algorithms would let anyone holding the (public) key mint tokens, and
+# `none` is no signature at all: only asymmetric algorithms are accepted.
+ASYMMETRIC_JWT_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
+)
+
+DEFAULT_AUDIO_EXTENSIONS = "mp3,wav,flac,ogg,oga,opus,m4a,mp4,aac,webm,aiff,aif,amr"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    # --- authentication -------------------------------------------------------------
+    main_service_jwt_public_key: SecretStr | None = Field(
+        default=None,
+        description="PEM public key of the main service (literal newlines or \\n escapes).",
+    )
+    main_service_jwks_url: str | None = Field(
+        default=None, description="JWKS URL; tokens pick their key by `kid`."
+    )
+    jwt_algorithm: str = "RS256"
+    expected_jwt_issuer: str
+    expected_jwt_audience: str
+    jwt_leeway_seconds: int = Field(default=30, ge=0, le=3600)
+    jwt_require_file_id_claim: bool = False
+
+    # --- object storage -------------------------------------------------------------
+    s3_access_key: SecretStr | None = Field(
+        default=None, description="Unset: the default AWS credential chain is used."
+    )
+    s3_secret_key: SecretStr | None = None
+    s3_bucket_name: str = Field(min_length=3, max_length=63)
+    s3_endpoint_url: str | None = Field(
+        default=None, description="Unset: AWS S3. Set for MinIO, Ceph, R2, moto..."
+    )
+    s3_region_name: str = "us-east-1"
+    s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
+    s3_key_prefix: str = "uploads/"
+    s3_public_base_url: str | None = None
+    s3_part_size_bytes: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * GiB)
+    s3_max_concurrency: int = Field(default=4, ge=1, le=64)
+    s3_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    # --- staging and database -------------------------------------------------------
+    local_temp_chunk_path: Path = Path("./data/staging")
+    database_url: str | None = Field(
+        default=None, description="Unset: a SQLite file inside LOCAL_TEMP_CHUNK_PATH."
+    )
+    database_schema: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$",
+        description="PostgreSQL only: the schema to keep the tables in.",
+    )
+    auto_migrate: bool = True
+    staging_fsync: bool = Field(
+        default=False,
+        description="fsync each chunk before acknowledging it: survives power loss, "
+        "costs throughput on busy disks. A process crash loses nothing either way.",
+    )
+
+    # --- limits ---------------------------------------------------------------------
+    max_chunk_size: int = Field(default=64 * MiB, ge=1, description="bytes")
+    max_file_size: int = Field(default=4 * GiB, ge=1, description="bytes")
+    max_chunks: int = Field(default=10_000, ge=1, le=100_000)
+    session_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    completion_lease_seconds: int = Field(
+        default=900,
+        ge=10,
+        description="How long a complete may run before another request may take it over.",
+    )
+    allowed_audio_extensions: Annotated[frozenset[str], NoDecode] = Field(
+        default_factory=lambda: frozenset(DEFAULT_AUDIO_EXTENSIONS.split(","))
+    )
+
+    # --- main-service notification --------------------------------------------------
+    main_service_notify_url: str | None = None
+    main_service_notify_secret: SecretStr | None = None
+    notify_max_attempts: int = Field(default=12, ge=1, le=1000)
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("jwt_algorithm")
+    @classmethod
+    def _asymmetric_only(cls, value: str) -> str:
+        value = value.strip().upper()
+        if value not in ASYMMETRIC_JWT_ALGORITHMS:
+            allowed = ", ".join(sorted(ASYMMETRIC_JWT_ALGORITHMS))
+            raise ValueError(f"must be one of {allowed} (symmetric algorithms are refused)")
+        return value
+
+    @field_validator("main_service_jwt_public_key")
+    @classmethod
+    def _unescape_pem(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        pem = value.get_secret_value().replace("\\n", "\n").strip()
+        if not pem.startswith("-----BEGIN"):
+            raise ValueError("must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
+        return SecretStr(pem + "\n")
+
+    @field_validator("allowed_audio_extensions", mode="before")
+    @classmethod
+    def _split_extensions(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",")]
+        if isinstance(value, (list, tuple, set, frozenset)):
+            cleaned = {str(part).strip().lower().lstrip(".") for part in value}
+            cleaned.discard("")
+            if not cleaned:
+                raise ValueError("must name at least one extension")
+            return frozenset(cleaned)
+        return value
+
+    @field_validator("s3_key_prefix")
+    @classmethod
+    def _normalise_prefix(cls, value: str) -> str:
+        parts = [part for part in value.strip().split("/") if part not in ("", ".")]
+        if any(part == ".." for part in parts):
+            raise ValueError("must not contain '..'")
+        return "/".join(parts)
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Settings:
+        if self.main_service_jwt_public_key is None and not self.main_service_jwks_url:
+            raise ValueError("MAIN_SERVICE_JWT_PUBLIC_KEY or MAIN_SERVICE_JWKS_URL must be set")
+        if (self.s3_access_key is None) != (self.s3_secret_key is None):
+            raise ValueError("S3_ACCESS_KEY and S3_SECRET_KEY must be set together")
+        if self.max_chunk_size > self.max_file_size:
+            raise ValueError("MAX_CHUNK_SIZE must not exceed MAX_FILE_SIZE")
+        if self.main_service_notify_url and self.main_service_notify_secret is None:
+            raise ValueError(
+                "MAIN_SERVICE_NOTIFY_SECRET must be set when MAIN_SERVICE_NOTIFY_URL is"
+            )
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.local_temp_chunk_path.resolve() / 'uploads.db'}"
+
+
+class SettingsError(SystemExit):
+    """Start-up stops: the message is one line naming the bad setting."""
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = "_".join(str(part) for part in item["loc"]).upper()
+        message = str(item["msg"]).removeprefix("Value error, ")
+        problems.append(f"{name}: {message}" if name else message)
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, or stop with one line saying which is missing or wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None

@@ -1,0 +1,131 @@
+"""The S3 multipart writer, for any S3-compatible store (AWS, MinIO, Ceph, R2, moto).
+
+One aiobotocore client is opened at start-up and closed at shutdown. SigV4 always;
+path-style addressing by default because most self-hosted stores need it. Checksums
+beyond Content-MD5/SigV4 are only sent when an operation requires them, since several
+S3-compatible stores reject the newer default checksum headers. Every botocore or
+network error becomes StorageUnavailable here, so the domain never sees a vendor error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from typing import Any
+from urllib.parse import quote
+
+import structlog
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.errors import StorageUnavailable
+from app.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class S3MultipartStore:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._bucket = settings.s3_bucket_name
+        self._client: Any = None
+        self._stack = AsyncExitStack()
+
+    async def open(self) -> None:
+        settings = self._settings
+        config = AioConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": settings.s3_addressing_style},
+            retries={"max_attempts": 3, "mode": "standard"},
+            connect_timeout=settings.s3_timeout_seconds,
+            read_timeout=settings.s3_timeout_seconds,
+            max_pool_connections=max(10, settings.s3_max_concurrency * 4),
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        credentials: dict[str, str] = {}
+        if settings.s3_access_key is not None and settings.s3_secret_key is not None:
+            credentials = {
+                "aws_access_key_id": settings.s3_access_key.get_secret_value(),
+                "aws_secret_access_key": settings.s3_secret_key.get_secret_value(),
+            }
+        self._client = await self._stack.enter_async_context(
+            get_session().create_client(
+                "s3",
+                region_name=settings.s3_region_name,
+                endpoint_url=settings.s3_endpoint_url,
+                config=config,
+                **credentials,
+            )
+        )
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    @property
+    def client(self) -> Any:
+        return self._client
+
+    def url_for(self, key: str) -> str:
+        quoted = quote(key, safe="/")
+        if self._settings.s3_public_base_url:
+            return f"{self._settings.s3_public_base_url.rstrip('/')}/{quoted}"
+        endpoint = (
+            self._settings.s3_endpoint_url
+            or f"https://s3.{self._settings.s3_region_name}.amazonaws.com"
+        )
+        return f"{endpoint.rstrip('/')}/{self._bucket}/{quoted}"
+
+    async def start(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str:
+        response = await self._call(
+            "create_multipart_upload",
+            Bucket=self._bucket,
+            Key=key,
+            ContentType=content_type,
+            Metadata=metadata,
+        )
+        return str(response["UploadId"])
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+        response = await self._call(
+            "upload_part",
+            Bucket=self._bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=part_number,
+            Body=data,
+        )
+        return str(response["ETag"])
+
+    async def finish(self, key: str, upload_id: str, etags: Sequence[str]) -> None:
+        parts = [{"PartNumber": n, "ETag": etag} for n, etag in enumerate(etags, start=1)]
+        await self._call(
+            "complete_multipart_upload",
+            Bucket=self._bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+
+    async def abort(self, key: str, upload_id: str) -> None:
+        await self._call("abort_multipart_upload", Bucket=self._bucket, Key=key, UploadId=upload_id)
+
+    async def check(self) -> None:
+        await self._call("head_bucket", Bucket=self._bucket)
+
+    async def _call(self, operation: str, **kwargs: Any) -> Any:
+        try:
+            return await getattr(self._client, operation)(**kwargs)
+        except (BotoCoreError, ClientError, OSError) as error:
+            code = (
+                error.response.get("Error", {}).get("Code")
+                if isinstance(error, ClientError)
+                else type(error).__name__
+            )
+            log.warning("s3.call_failed", operation=operation, error_code=code)
+            raise StorageUnavailable() from error

@@ -1,0 +1,229 @@
+"""Chunks on local disk until completion.
+
+Layout under the root (`LOCAL_TEMP_CHUNK_PATH`):
+  incoming/<random>.part              a chunk being received (any session, any order)
+  sessions/<session id>/<index>.<random>.chunk    a received chunk
+
+Invariants: a chunk file appears under `sessions/` only by an atomic rename of a fully
+written, hashed temp file; every write has its own random name, so a re-sent chunk never
+overwrites the file a completion may be reading. Blocking file I/O runs in worker
+threads, in pieces of at most `WRITE_BUFFER_BYTES`, so memory stays flat per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import io
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from app.errors import ChunkTooLarge, StagingFull
+from app.uploads.models import StagedFile, StoredChunk
+
+WRITE_BUFFER_BYTES = 1024 * 1024
+
+
+def _session_dir_name(session_id: str) -> str:
+    # Session ids are UUIDs we generated; refuse anything else before it names a path.
+    return str(uuid.UUID(session_id))
+
+
+class DiskChunkWriter:
+    def __init__(self, staging: DiskStaging, *, max_bytes: int) -> None:
+        self._staging = staging
+        self._max_bytes = max_bytes
+        self._name = f"{uuid.uuid4().hex}.part"
+        self._path = staging.incoming_dir / self._name
+        self._file: BinaryIO | None = None
+        self._digest = hashlib.sha256()
+        self._buffer = bytearray()
+        self._size_bytes = 0
+
+    @property
+    def size_bytes(self) -> int:
+        return self._size_bytes
+
+    async def write(self, data: bytes | memoryview) -> None:
+        if self._size_bytes + len(data) > self._max_bytes:
+            raise ChunkTooLarge(details={"max_chunk_size": self._max_bytes})
+        self._size_bytes += len(data)
+        self._buffer += data
+        if len(self._buffer) >= WRITE_BUFFER_BYTES:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        # Hand the filled buffer itself to the thread (no copy) and start a new one.
+        block, self._buffer = self._buffer, bytearray()
+        if block:
+            await asyncio.to_thread(self._write_block, block)
+
+    def _write_block(self, block: bytearray) -> None:
+        try:
+            if self._file is None:
+                self._file = open(self._path, "wb")  # noqa: SIM115 - closed in finish/discard
+            self._digest.update(block)
+            self._file.write(block)
+        except OSError as error:
+            raise _translate(error) from error
+
+    async def finish(self) -> StagedFile:
+        await self._flush()
+        await asyncio.to_thread(self._close, self._staging.fsync)
+        return StagedFile(
+            file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
+        )
+
+    def _close(self, fsync: bool) -> None:
+        try:
+            if self._file is None:
+                self._file = open(self._path, "wb")  # noqa: SIM115 - an empty chunk
+            self._file.flush()
+            if fsync:
+                os.fsync(self._file.fileno())
+            self._file.close()
+        except OSError as error:
+            raise _translate(error) from error
+
+    async def discard(self) -> None:
+        await asyncio.to_thread(self._discard)
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._path.unlink(missing_ok=True)
+
+
+class DiskStaging:
+    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+        self.root = root
+        self.fsync = fsync
+        self.incoming_dir = root / "incoming"
+        self.sessions_dir = root / "sessions"
+
+    def prepare(self) -> None:
+        self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        self.sessions_dir.mkdir(parents=True, exist_ok=True)
+
+    def new_writer(self, *, max_bytes: int) -> DiskChunkWriter:
+        return DiskChunkWriter(self, max_bytes=max_bytes)
+
+    def session_dir(self, session_id: str) -> Path:
+        return self.sessions_dir / _session_dir_name(session_id)
+
+    async def adopt(self, session_id: str, staged: StagedFile, index: int) -> str:
+        file_name = f"{index:06d}.{uuid.uuid4().hex}.chunk"
+        target_dir = self.session_dir(session_id)
+
+        def move() -> None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(self.incoming_dir / staged.file_name, target_dir / file_name)
+
+        await asyncio.to_thread(move)
+        return file_name
+
+    async def remove_chunk(self, session_id: str, file_name: str) -> None:
+        path = self.session_dir(session_id) / Path(file_name).name
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    async def remove_temp(self, staged: StagedFile) -> None:
+        path = self.incoming_dir / Path(staged.file_name).name
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+
+    async def remove_session(self, session_id: str) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.session_dir(session_id), True)
+
+    def open_assembled(self, session_id: str, chunks: Sequence[StoredChunk]) -> BinaryIO:
+        directory = self.session_dir(session_id)
+        parts = [(directory / chunk.file_name, chunk.size_bytes) for chunk in chunks]
+        return io.BufferedReader(ConcatenatedReader(parts), buffer_size=256 * 1024)
+
+    async def check(self) -> None:
+        def probe() -> None:
+            self.prepare()
+            probe_path = self.incoming_dir / f".ready-{uuid.uuid4().hex}"
+            probe_path.write_bytes(b"ok")
+            probe_path.unlink()
+
+        await asyncio.to_thread(probe)
+
+
+class ConcatenatedReader(io.RawIOBase):
+    """A seekable read-only view of several files one after another."""
+
+    def __init__(self, parts: Sequence[tuple[Path, int]]) -> None:
+        self._parts = list(parts)
+        self._starts: list[int] = []
+        offset = 0
+        for _, size in self._parts:
+            self._starts.append(offset)
+            offset += size
+        self._length = offset
+        self._position = 0
+        self._open_index = -1
+        self._fd = -1
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if self._position >= self._length or len(buffer) == 0:
+            return 0
+        index = self._part_at(self._position)
+        path, size = self._parts[index]
+        within = self._position - self._starts[index]
+        wanted = min(len(buffer), size - within)
+        if self._open_index != index:
+            self._close_fd()
+            self._fd = os.open(path, os.O_RDONLY)
+            self._open_index = index
+        got = os.preadv(self._fd, [memoryview(buffer)[:wanted]], within)
+        if got != wanted:
+            raise OSError(errno.EIO, f"staged chunk {index} is shorter than recorded")
+        self._position += got
+        return got
+
+    def _part_at(self, position: int) -> int:
+        low, high = 0, len(self._starts) - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._starts[middle] <= position:
+                low = middle
+            else:
+                high = middle - 1
+        # Skip empty parts that start at the same offset.
+        while self._parts[low][1] == 0 and low + 1 < len(self._parts):
+            low += 1
+        return low
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._open_index = -1
+
+    def close(self) -> None:
+        self._close_fd()
+        super().close()
+
+
+def _translate(error: OSError) -> Exception:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StagingFull()
+    return error

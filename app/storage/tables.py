@@ -1,0 +1,83 @@
+"""The database schema as SQLAlchemy Core tables. Alembic migrations create it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Table,
+)
+from sqlalchemy.types import TypeDecorator
+
+metadata = MetaData()
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Stores UTC; always hands back timezone-aware datetimes (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
+upload_sessions = Table(
+    "upload_sessions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("owner_sub", String(255), nullable=False, index=True),
+    Column("main_service_file_id", BigInteger, nullable=False),
+    Column("original_file_name", String(1024), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False, index=True),
+    Column("total_size", BigInteger),
+    Column("total_chunks", Integer),
+    Column("chunk_size", BigInteger),
+    Column("sha256", String(64)),
+    Column("content_type", String(255)),
+    Column("lease_expires_at", UtcDateTime),
+    Column("object_key", String(1024)),
+    Column("multipart_upload_id", String(1024)),
+    Column("result", JSON),
+)
+
+upload_chunks = Table(
+    "upload_chunks",
+    metadata,
+    Column(
+        "session_id",
+        String(36),
+        ForeignKey("upload_sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("chunk_index", Integer, primary_key=True),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("received_at", UtcDateTime, nullable=False),
+)

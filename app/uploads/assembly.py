@@ -1,0 +1,116 @@
+"""Streams staged chunks, in order, into one multipart object.
+
+Each byte is read once from staging and hashed once (SHA-256, in the reading thread);
+at most `concurrency` parts are in memory or in flight at any time. On any failure the
+multipart upload is aborted, so a failed completion leaves nothing in the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+import structlog
+
+from app.errors import ChecksumMismatch, ServiceError
+from app.uploads.ports import MultipartObjectStore
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AssembledObject:
+    size_bytes: int
+    sha256: str
+
+
+async def upload_in_parts(
+    objects: MultipartObjectStore,
+    open_stream: Callable[[], BinaryIO],
+    *,
+    key: str,
+    content_type: str,
+    metadata: dict[str, str],
+    part_size_bytes: int,
+    concurrency: int,
+    expected_sha256: str | None,
+    on_started: Callable[[str], object] | None = None,
+) -> AssembledObject:
+    """Upload the stream as `key`; raise ChecksumMismatch (object not committed) when the
+    content's SHA-256 differs from `expected_sha256`."""
+    upload_id = await objects.start(key, content_type=content_type, metadata=metadata)
+    try:
+        if on_started is not None:
+            await _maybe_await(on_started(upload_id))
+        digest = hashlib.sha256()
+        size_bytes = 0
+        etags: dict[int, str] = {}
+        stream = await asyncio.to_thread(open_stream)
+        try:
+            slots = asyncio.Semaphore(concurrency)
+
+            def read_part() -> bytes:
+                data = stream.read(part_size_bytes)
+                digest.update(data)
+                return data
+
+            async def send(part_number: int, data: bytes) -> None:
+                try:
+                    etags[part_number] = await objects.upload_part(
+                        key, upload_id, part_number, data
+                    )
+                finally:
+                    slots.release()
+
+            async with asyncio.TaskGroup() as group:
+                part_number = 0
+                while True:
+                    await slots.acquire()
+                    data = await asyncio.to_thread(read_part)
+                    if not data and part_number > 0:
+                        slots.release()
+                        break
+                    part_number += 1
+                    size_bytes += len(data)
+                    group.create_task(send(part_number, data))
+                    if len(data) < part_size_bytes:
+                        break
+        finally:
+            await asyncio.to_thread(stream.close)
+        sha256 = digest.hexdigest()
+        if expected_sha256 is not None and expected_sha256 != sha256:
+            raise ChecksumMismatch(
+                "The assembled file's SHA-256 does not match the declared sha256.",
+                details={"expected": expected_sha256, "actual": sha256},
+            )
+        await objects.finish(key, upload_id, [etags[n] for n in sorted(etags)])
+    except BaseException as error:
+        await _abort_quietly(objects, key, upload_id)
+        if isinstance(error, BaseExceptionGroup):
+            raise _first_service_error(error) from error
+        raise
+    return AssembledObject(size_bytes=size_bytes, sha256=sha256)
+
+
+async def _maybe_await(value: object) -> None:
+    if asyncio.iscoroutine(value):
+        await value
+
+
+async def _abort_quietly(objects: MultipartObjectStore, key: str, upload_id: str) -> None:
+    try:
+        await objects.abort(key, upload_id)
+    except Exception as error:  # noqa: BLE001 - the janitor reclaims what an abort could not
+        log.warning("s3.abort_failed", key=key, error_type=type(error).__name__)
+
+
+def _first_service_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_service_error(error)
+        if isinstance(error, ServiceError):
+            return error
+    return group.exceptions[0]

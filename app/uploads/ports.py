@@ -1,0 +1,135 @@
+"""The narrow interfaces the domain needs. Adapters in `app.storage` implement them.
+
+They are declared here, where they are used, so the domain never imports a vendor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any, BinaryIO, Protocol
+
+from app.uploads.models import SessionState, StagedFile, StoredChunk, UploadSession
+
+
+class ChunkRecordOutcome(Enum):
+    RECORDED = "recorded"
+    NOT_UPLOADING = "not_uploading"
+    SESSION_TOO_LARGE = "session_too_large"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class ChunkRecordResult:
+    outcome: ChunkRecordOutcome
+    replaced: StoredChunk | None = None
+
+
+class SessionStore(Protocol):
+    """Durable session and chunk records. Every method is one atomic transaction."""
+
+    async def create(self, session: UploadSession) -> None: ...
+
+    async def get(self, session_id: str) -> UploadSession | None: ...
+
+    async def list_chunks(self, session_id: str) -> list[StoredChunk]: ...
+
+    async def record_chunk(
+        self,
+        session_id: str,
+        chunk: StoredChunk,
+        *,
+        now: datetime,
+        expires_at: datetime,
+        max_session_bytes: int,
+    ) -> ChunkRecordResult:
+        """Add or replace a chunk record if the session is still uploading and stays
+        within `max_session_bytes`; returns the record it replaced."""
+        ...
+
+    async def claim_completion(
+        self, session_id: str, *, now: datetime, lease_expires_at: datetime
+    ) -> bool:
+        """uploading (or completing with a lapsed lease) -> completing; False if not won."""
+        ...
+
+    async def remember_multipart_upload(
+        self, session_id: str, *, object_key: str, upload_id: str | None
+    ) -> None: ...
+
+    async def finish_completion(
+        self, session_id: str, *, now: datetime, result: dict[str, Any]
+    ) -> None:
+        """completing -> completed, storing the result (and, later, its outbox event)."""
+        ...
+
+    async def release_completion(self, session_id: str, *, now: datetime) -> None:
+        """completing -> uploading after a failed attempt, so the client can retry."""
+        ...
+
+    async def set_state(
+        self,
+        session_id: str,
+        *,
+        now: datetime,
+        state: SessionState,
+        only_from: Sequence[SessionState],
+    ) -> bool: ...
+
+    async def ping(self) -> None: ...
+
+
+class ChunkWriter(Protocol):
+    """Streams one chunk to a temp file, hashing as it goes."""
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    async def write(self, data: bytes | memoryview) -> None: ...
+
+    async def finish(self) -> StagedFile: ...
+
+    async def discard(self) -> None: ...
+
+
+class ChunkStaging(Protocol):
+    """Local files that hold chunks until completion."""
+
+    def new_writer(self, *, max_bytes: int) -> ChunkWriter: ...
+
+    async def adopt(self, session_id: str, staged: StagedFile, index: int) -> str:
+        """Atomically move a finished temp file into the session; returns its file name."""
+        ...
+
+    async def remove_chunk(self, session_id: str, file_name: str) -> None: ...
+
+    async def remove_temp(self, staged: StagedFile) -> None: ...
+
+    async def remove_session(self, session_id: str) -> None: ...
+
+    def open_assembled(self, session_id: str, chunks: Sequence[StoredChunk]) -> BinaryIO:
+        """A seekable read-only view of the chunks concatenated in order (blocking I/O)."""
+        ...
+
+    async def check(self) -> None: ...
+
+
+class MultipartObjectStore(Protocol):
+    """An S3-style multipart upload. Errors are raised as StorageUnavailable."""
+
+    async def start(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str: ...
+
+    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str: ...
+
+    async def finish(self, key: str, upload_id: str, etags: Sequence[str]) -> None: ...
+
+    async def abort(self, key: str, upload_id: str) -> None: ...
+
+    def url_for(self, key: str) -> str: ...
+
+    @property
+    def bucket(self) -> str: ...
+
+    async def check(self) -> None: ...

@@ -1,0 +1,449 @@
+"""UploadService: the rules of an upload session, independent of any wire protocol.
+
+Invariants:
+* a session is only ever seen by the `sub` that created it (others get "not found");
+* a chunk becomes part of a session only once fully written, verified and renamed, and
+  its record commits only while the session is still uploading, so a completion never
+  reads a chunk that changes under it;
+* exactly one request at a time holds a session in `completing` (a lease in the store);
+* a failed completion leaves the session completable and nothing in the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, BinaryIO
+
+import structlog
+
+from app.errors import (
+    ChecksumMismatch,
+    ChunksIncomplete,
+    ChunkTooLarge,
+    CompletionInProgress,
+    FileIdMismatch,
+    FileTooLarge,
+    Forbidden,
+    SessionExpired,
+    SessionNotAcceptingChunks,
+    SessionNotCompletable,
+    SessionNotFound,
+    SizeMismatch,
+    ValidationFailed,
+)
+from app.uploads.assembly import upload_in_parts
+from app.uploads.models import (
+    CompleteRequest,
+    CompletionOutcome,
+    InitRequest,
+    Principal,
+    SessionState,
+    SessionView,
+    StagedFile,
+    StoredChunk,
+    UploadSession,
+    utc_now,
+)
+from app.uploads.naming import build_object_key, file_extension
+from app.uploads.ports import (
+    ChunkRecordOutcome,
+    ChunkStaging,
+    ChunkWriter,
+    MultipartObjectStore,
+    SessionStore,
+)
+
+log = structlog.get_logger(__name__)
+
+# Content types by extension, used until the bytes themselves are inspected.
+_EXTENSION_CONTENT_TYPES = {
+    "mp3": "audio/mpeg",
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "oga": "audio/ogg",
+    "opus": "audio/ogg",
+    "m4a": "audio/mp4",
+    "mp4": "audio/mp4",
+    "aac": "audio/aac",
+    "webm": "audio/webm",
+    "aiff": "audio/aiff",
+    "aif": "audio/aiff",
+    "amr": "audio/amr",
+}
+
+AudioFactsProbe = Callable[[BinaryIO, str], dict[str, Any]]
+"""Reads the head (and tail) of the assembled file; returns facts including
+`content_type`, or raises UnsupportedAudio. Blocking: it runs in a worker thread."""
+
+
+@dataclass(frozen=True)
+class UploadPolicy:
+    max_chunk_size: int
+    max_file_size: int
+    max_chunks: int
+    session_ttl_seconds: int
+    completion_lease_seconds: int
+    allowed_extensions: frozenset[str]
+    key_prefix: str
+    part_size_bytes: int
+    part_concurrency: int
+
+
+class UploadService:
+    def __init__(
+        self,
+        store: SessionStore,
+        staging: ChunkStaging,
+        objects: MultipartObjectStore,
+        policy: UploadPolicy,
+        *,
+        probe_audio: AudioFactsProbe | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.staging = staging
+        self.objects = objects
+        self.policy = policy
+        self._probe_audio = probe_audio
+        self._clock = clock
+
+    # ----------------------------------------------------------------------- init
+    async def init(self, principal: Principal, request: InitRequest) -> UploadSession:
+        self._check_file_id_claim(principal, request.main_service_file_id)
+        self._check_file_name(request.original_file_name)
+        policy = self.policy
+        if request.total_size is not None and request.total_size > policy.max_file_size:
+            raise FileTooLarge(details={"max_file_size": policy.max_file_size})
+        if request.total_chunks is not None and request.total_chunks > policy.max_chunks:
+            raise ValidationFailed(
+                f"total_chunks must be at most {policy.max_chunks}.",
+                details={"max_chunks": policy.max_chunks},
+            )
+        if request.chunk_size is not None and request.chunk_size > policy.max_chunk_size:
+            raise ChunkTooLarge(
+                "chunk_size exceeds the maximum chunk size.",
+                details={"max_chunk_size": policy.max_chunk_size},
+            )
+        now = self._clock()
+        session = UploadSession(
+            id=str(uuid.uuid4()),
+            owner_sub=principal.sub,
+            main_service_file_id=request.main_service_file_id,
+            original_file_name=request.original_file_name,
+            state=SessionState.UPLOADING,
+            created_at=now,
+            updated_at=now,
+            expires_at=self._expiry_from(now),
+            total_size=request.total_size,
+            total_chunks=request.total_chunks,
+            chunk_size=request.chunk_size,
+            sha256=request.sha256.lower() if request.sha256 else None,
+            content_type=request.content_type,
+        )
+        await self.store.create(session)
+        log.info(
+            "upload.session_created",
+            session_id=session.id,
+            sub=principal.sub,
+            main_service_file_id=session.main_service_file_id,
+        )
+        return session
+
+    # ---------------------------------------------------------------------- chunk
+    def new_chunk_writer(self) -> ChunkWriter:
+        return self.staging.new_writer(max_bytes=self.policy.max_chunk_size)
+
+    async def check_can_receive(self, principal: Principal, session_id: str) -> UploadSession:
+        """Fails fast, before any chunk byte is read, when the chunk would be refused."""
+        session = await self._owned(principal, session_id)
+        state = session.effective_state(self._clock())
+        if state is SessionState.EXPIRED:
+            raise SessionExpired()
+        if state is not SessionState.UPLOADING:
+            raise SessionNotAcceptingChunks(details={"state": state.value})
+        return session
+
+    async def accept_chunk(
+        self,
+        principal: Principal,
+        session_id: str,
+        index: int,
+        staged: StagedFile,
+        chunk_sha256: str | None = None,
+    ) -> StoredChunk:
+        """Make a fully written temp file chunk `index` of the session, replacing any
+        earlier one. On any refusal the temp file is removed."""
+        try:
+            session = await self.check_can_receive(principal, session_id)
+            self._check_index(session, index)
+            if chunk_sha256 is not None and chunk_sha256.lower() != staged.sha256:
+                raise ChecksumMismatch(
+                    "The chunk's SHA-256 does not match chunk_sha256; the chunk was discarded.",
+                    details={"expected": chunk_sha256.lower(), "actual": staged.sha256},
+                )
+            file_name = await self.staging.adopt(session_id, staged, index)
+        except BaseException:
+            await self.staging.remove_temp(staged)
+            raise
+        chunk = StoredChunk(
+            index=index, size_bytes=staged.size_bytes, sha256=staged.sha256, file_name=file_name
+        )
+        now = self._clock()
+        try:
+            recorded = await self.store.record_chunk(
+                session_id,
+                chunk,
+                now=now,
+                expires_at=self._expiry_from(now),
+                max_session_bytes=self.policy.max_file_size,
+            )
+        except BaseException:
+            await self.staging.remove_chunk(session_id, file_name)
+            raise
+        if recorded.outcome is not ChunkRecordOutcome.RECORDED:
+            await self.staging.remove_chunk(session_id, file_name)
+            if recorded.outcome is ChunkRecordOutcome.SESSION_TOO_LARGE:
+                raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
+            if recorded.outcome is ChunkRecordOutcome.MISSING:
+                raise SessionNotFound()
+            raise SessionNotAcceptingChunks()
+        if recorded.replaced is not None and recorded.replaced.file_name != file_name:
+            await self.staging.remove_chunk(session_id, recorded.replaced.file_name)
+        log.info(
+            "upload.chunk_stored",
+            session_id=session_id,
+            index=index,
+            size_bytes=chunk.size_bytes,
+            replaced=recorded.replaced is not None,
+        )
+        return chunk
+
+    # ------------------------------------------------------------------- complete
+    async def complete(self, principal: Principal, request: CompleteRequest) -> CompletionOutcome:
+        session = await self._owned(principal, request.upload_session_id)
+        self._check_file_id_claim(principal, request.main_service_file_id)
+        if request.main_service_file_id != session.main_service_file_id:
+            raise FileIdMismatch(details={"expected": session.main_service_file_id})
+        now = self._clock()
+        finished = self._finished_outcome(session, now)
+        if finished is not None:
+            return finished
+        if request.total_chunks > self.policy.max_chunks:
+            raise ValidationFailed(f"total_chunks must be at most {self.policy.max_chunks}.")
+        if session.total_chunks is not None and request.total_chunks != session.total_chunks:
+            raise ValidationFailed(
+                "total_chunks differs from the one declared at init.",
+                details={"declared": session.total_chunks},
+            )
+        declared_sha = request.sha256.lower() if request.sha256 else None
+        if declared_sha and session.sha256 and declared_sha != session.sha256:
+            raise ChecksumMismatch("sha256 differs from the one declared at init.")
+        chunks = await self.store.list_chunks(session.id)
+        self._check_chunk_set(chunks, request.total_chunks)
+        total_bytes = sum(chunk.size_bytes for chunk in chunks)
+        if session.total_size is not None and total_bytes != session.total_size:
+            raise SizeMismatch(details={"declared": session.total_size, "received": total_bytes})
+        if total_bytes == 0:
+            raise ValidationFailed("The file is empty.")
+
+        claimed = await self.store.claim_completion(
+            session.id,
+            now=now,
+            lease_expires_at=now + timedelta(seconds=self.policy.completion_lease_seconds),
+        )
+        if not claimed:
+            current = await self.store.get(session.id)
+            if current is not None:
+                outcome = self._finished_outcome(current, self._clock())
+                if outcome is not None:
+                    return outcome
+            raise CompletionInProgress()
+        # Chunks cannot change any more: re-read the records we now own.
+        chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
+        self._check_chunk_set(chunks, request.total_chunks)
+        try:
+            result = await self._assemble(session, chunks, declared_sha or session.sha256)
+        except BaseException:
+            await asyncio.shield(self.store.release_completion(session.id, now=self._clock()))
+            raise
+        await self.store.finish_completion(session.id, now=self._clock(), result=result)
+        await self.staging.remove_session(session.id)
+        log.info(
+            "upload.completed", session_id=session.id, key=result["key"], size_bytes=result["size"]
+        )
+        return CompletionOutcome(result=result, notified=True)
+
+    async def _assemble(
+        self, session: UploadSession, chunks: Sequence[StoredChunk], expected_sha256: str | None
+    ) -> dict[str, Any]:
+        def open_stream() -> BinaryIO:
+            return self.staging.open_assembled(session.id, chunks)
+
+        facts = await self._inspect(session, open_stream)
+        content_type = str(facts.get("content_type") or self._content_type_from_name(session))
+        key = build_object_key(
+            self.policy.key_prefix,
+            session.owner_sub,
+            session.main_service_file_id,
+            session.id,
+            session.original_file_name,
+        )
+        metadata = {
+            "upload-session-id": session.id,
+            "main-service-file-id": str(session.main_service_file_id),
+        }
+
+        async def remember(upload_id: str) -> None:
+            await self.store.remember_multipart_upload(
+                session.id, object_key=key, upload_id=upload_id
+            )
+
+        assembled = await upload_in_parts(
+            self.objects,
+            open_stream,
+            key=key,
+            content_type=content_type,
+            metadata=metadata,
+            part_size_bytes=self.policy.part_size_bytes,
+            concurrency=self.policy.part_concurrency,
+            expected_sha256=expected_sha256,
+            on_started=remember,
+        )
+        result: dict[str, Any] = {
+            "file_path_on_upload_service": self.objects.url_for(key),
+            "bucket": self.objects.bucket,
+            "key": key,
+            "size": assembled.size_bytes,
+            "sha256": assembled.sha256,
+            "content_type": content_type,
+        }
+        result.update({k: v for k, v in facts.items() if k != "content_type"})
+        return result
+
+    async def _inspect(
+        self, session: UploadSession, open_stream: Callable[[], BinaryIO]
+    ) -> dict[str, Any]:
+        if self._probe_audio is None:
+            return {}
+        probe = self._probe_audio
+
+        def run() -> dict[str, Any]:
+            with open_stream() as stream:
+                return probe(stream, session.original_file_name)
+
+        return await asyncio.to_thread(run)
+
+    # ------------------------------------------------------------ status & abort
+    async def status(self, principal: Principal, session_id: str) -> SessionView:
+        session = await self._owned(principal, session_id)
+        chunks = await self.store.list_chunks(session_id)
+        return SessionView(
+            session=session, state=session.effective_state(self._clock()), chunks=chunks
+        )
+
+    async def abort(self, principal: Principal, session_id: str) -> UploadSession:
+        session = await self._owned(principal, session_id)
+        now = self._clock()
+        state = session.effective_state(now)
+        if state is SessionState.COMPLETED:
+            raise SessionNotCompletable("A completed upload cannot be aborted.")
+        if state is SessionState.COMPLETING:
+            raise CompletionInProgress()
+        if state is SessionState.EXPIRED:
+            raise SessionExpired()
+        if state is SessionState.UPLOADING:
+            changed = await self.store.set_state(
+                session_id,
+                now=now,
+                state=SessionState.ABORTED,
+                only_from=[SessionState.UPLOADING],
+            )
+            if not changed:
+                current = await self.store.get(session_id)
+                if current is None or current.state is not SessionState.ABORTED:
+                    raise CompletionInProgress()
+        await self.staging.remove_session(session_id)
+        log.info("upload.aborted", session_id=session_id)
+        return replace(session, state=SessionState.ABORTED)
+
+    # -------------------------------------------------------------------- helpers
+    async def _owned(self, principal: Principal, session_id: str) -> UploadSession:
+        session = await self.store.get(session_id)
+        # Another user's session is reported exactly like a missing one: no existence leak.
+        if session is None or session.owner_sub != principal.sub:
+            raise SessionNotFound()
+        if principal.file_id is not None and principal.file_id != session.main_service_file_id:
+            raise Forbidden("The token's file_id claim does not match this upload.")
+        return session
+
+    def _finished_outcome(self, session: UploadSession, now: datetime) -> CompletionOutcome | None:
+        state = session.effective_state(now)
+        if state is SessionState.COMPLETED and session.result is not None:
+            return CompletionOutcome(result=session.result, notified=True)
+        if state is SessionState.EXPIRED:
+            raise SessionExpired()
+        if state in (SessionState.ABORTED, SessionState.FAILED):
+            raise SessionNotCompletable(details={"state": state.value})
+        if (
+            state is SessionState.COMPLETING
+            and session.lease_expires_at is not None
+            and session.lease_expires_at > now
+        ):
+            raise CompletionInProgress()
+        return None
+
+    def _check_file_id_claim(self, principal: Principal, main_service_file_id: int) -> None:
+        if principal.file_id is not None and principal.file_id != main_service_file_id:
+            raise Forbidden("The token's file_id claim does not match main_service_file_id.")
+
+    def _check_file_name(self, file_name: str) -> None:
+        if "\x00" in file_name:
+            raise ValidationFailed("original_file_name must not contain NUL characters.")
+        extension = file_extension(file_name)
+        if extension not in self.policy.allowed_extensions:
+            raise ValidationFailed(
+                "original_file_name must have an allowed audio extension.",
+                details={"allowed_extensions": sorted(self.policy.allowed_extensions)},
+            )
+
+    def _check_index(self, session: UploadSession, index: int) -> None:
+        limit = self.policy.max_chunks
+        if session.total_chunks is not None:
+            limit = min(limit, session.total_chunks)
+        if not 0 <= index < limit:
+            raise ValidationFailed(
+                f"chunk_index must be between 0 and {limit - 1}.",
+                details={"chunk_index": index, "max_index": limit - 1},
+            )
+
+    @staticmethod
+    def _check_chunk_set(chunks: Sequence[StoredChunk], total_chunks: int) -> None:
+        present = {chunk.index for chunk in chunks}
+        missing = [i for i in range(total_chunks) if i not in present]
+        unexpected = sorted(i for i in present if i >= total_chunks)
+        if missing or unexpected:
+            raise ChunksIncomplete(
+                details={
+                    "missing": missing[:1000],
+                    "missing_count": len(missing),
+                    "unexpected": unexpected,
+                }
+            )
+
+    def _expiry_from(self, now: datetime) -> datetime:
+        return now + timedelta(seconds=self.policy.session_ttl_seconds)
+
+    @staticmethod
+    def _content_type_from_name(session: UploadSession) -> str:
+        extension = file_extension(session.original_file_name)
+        return (
+            _EXTENSION_CONTENT_TYPES.get(extension)
+            or mimetypes.types_map.get("." + extension)
+            or "application/octet-stream"
+        )
