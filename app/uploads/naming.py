@@ -29,7 +29,7 @@ def sanitize_component(value: str, *, fallback: str) -> str:
 def file_extension(file_name: str) -> str:
     """Lower-case extension without the dot, or '' when there is none."""
     base = re.split(r"[\\/]", file_name)[-1]
-    if "." not in base.strip("."):
+    if "." not in base:
         return ""
     return base.rsplit(".", 1)[-1].strip().lower()
 

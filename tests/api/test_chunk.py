@@ -1,0 +1,289 @@
+"""POST /upload/chunk: streaming, limits, order, replacement, and what is left on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+
+from app.dev.keys import KeyPair
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import running
+from tests.support import UploadApi, assert_error, sha256, split
+
+
+def staged_files(settings: Settings) -> list[Path]:
+    root = settings.local_temp_chunk_path
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.name != "uploads.db" and not p.name.startswith("uploads.db")
+    )
+
+
+async def test_chunk_returns_the_seed_body(api: UploadApi, audio_wav: bytes) -> None:
+    session_id = await api.session()
+    response = await api.chunk(session_id, 0, audio_wav[:1000])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body == {
+        "status": "success",
+        "message": "Chunk uploaded successfully.",
+        "data": {"chunk_index": 0, "size": 1000, "sha256": sha256(audio_wav[:1000])},
+    }
+
+
+async def test_field_order_does_not_matter(api: UploadApi, audio_wav: bytes) -> None:
+    session_id = await api.session()
+    boundary = "b0undary"
+    piece = audio_wav[:5000]
+
+    def part(name: str, value: bytes, filename: str | None = None) -> bytes:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        return (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + value + b"\r\n"
+        )
+
+    body = (
+        part("chunk", piece, "c.bin")
+        + part("chunk_index", b"3")
+        + part("upload_session_id", session_id.encode())
+        + f"--{boundary}--\r\n".encode()
+    )
+    response = await api.client.post(
+        "/upload/chunk",
+        content=body,
+        headers={**api.headers(), "content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"] == {"chunk_index": 3, "size": 5000, "sha256": sha256(piece)}
+    status = (await api.status(session_id)).json()["data"]
+    assert status["received_chunks"] == [3]
+
+
+async def test_missing_fields_are_422(api: UploadApi, audio_wav: bytes, settings: Settings) -> None:
+    session_id = await api.session()
+    headers = api.headers()
+    no_chunk = await api.client.post(
+        "/upload/chunk",
+        headers=headers,
+        files={"upload_session_id": (None, session_id), "chunk_index": (None, "0")},
+    )
+    body = assert_error(no_chunk, 422, "validation_error")
+    assert body["error"]["details"]["missing"] == ["chunk"]
+    no_index = await api.client.post(
+        "/upload/chunk",
+        headers=headers,
+        files={"upload_session_id": (None, session_id), "chunk": ("c", audio_wav[:100])},
+    )
+    assert assert_error(no_index, 422, "validation_error")["error"]["details"]["missing"] == [
+        "chunk_index"
+    ]
+    not_multipart = await api.client.post("/upload/chunk", headers=headers, json={"a": 1})
+    assert_error(not_multipart, 422, "validation_error")
+    assert staged_files(settings) == []
+
+
+async def test_bad_indexes_are_422_and_leave_nothing(
+    api: UploadApi, audio_wav: bytes, settings: Settings
+) -> None:
+    session_id = await api.session(total_chunks=2)
+    for index in ["-1", "abc", "1.5", str(settings.max_chunks), "2"]:
+        response = await api.chunk(session_id, index, audio_wav[:100])
+        assert_error(response, 422, "validation_error")
+    assert staged_files(settings) == []
+
+
+async def test_bad_session_ids(api: UploadApi, audio_wav: bytes, settings: Settings) -> None:
+    assert_error(await api.chunk("../../etc", 0, b"x"), 422, "validation_error")
+    unknown = "6f1c9d8e-7a55-4c1e-9f4e-0d2b1a3c5e7f"
+    assert_error(await api.chunk(unknown, 0, audio_wav[:100]), 404, "session_not_found")
+    assert staged_files(settings) == []
+
+
+async def test_other_users_session_is_404(
+    api: UploadApi, audio_wav: bytes, settings: Settings
+) -> None:
+    session_id = await api.session()
+    response = await api.chunk(session_id, 0, audio_wav[:100], sub="intruder")
+    assert_error(response, 404, "session_not_found")
+    assert staged_files(settings) == []
+
+
+async def test_oversize_chunk_is_413_and_leaves_no_partial_file(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    audio_wav: bytes,
+) -> None:
+    settings = settings_factory(max_chunk_size=100_000)
+    async with running(create_app(settings)) as http:
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        # Declared length over the limit: refused before reading the body.
+        response = await api.chunk(session_id, 0, audio_wav[:300_000])
+        assert_error(response, 413, "chunk_too_large")
+
+        # No declared length (streamed): refused while streaming.
+        async def body() -> AsyncIterator[bytes]:
+            yield (
+                b'--x\r\nContent-Disposition: form-data; name="upload_session_id"\r\n\r\n'
+                + session_id.encode()
+                + b"\r\n--x\r\nContent-Disposition: form-data; "
+                b'name="chunk_index"\r\n\r\n0\r\n--x\r\nContent-Disposition: form-data; '
+                b'name="chunk"; filename="c"\r\n\r\n'
+            )
+            for _ in range(4):
+                yield audio_wav[:40_000]
+            yield b"\r\n--x--\r\n"
+
+        streamed = await http.post(
+            "/upload/chunk",
+            content=body(),
+            headers={**api.headers(), "content-type": "multipart/form-data; boundary=x"},
+        )
+        assert_error(streamed, 413, "chunk_too_large")
+        assert staged_files(settings) == []
+        status = (await api.status(session_id)).json()["data"]
+        assert status["received_chunks"] == []
+        ok = await api.chunk(session_id, 0, audio_wav[:100_000])
+        assert ok.status_code == 200
+
+
+async def test_session_over_max_file_size_is_413(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    audio_wav: bytes,
+) -> None:
+    settings = settings_factory(max_chunk_size=100_000, max_file_size=250_000)
+    async with running(create_app(settings)) as http:
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        for index in range(2):
+            assert (await api.chunk(session_id, index, audio_wav[:100_000])).status_code == 200
+        assert_error(await api.chunk(session_id, 2, audio_wav[:100_000]), 413, "file_too_large")
+        # Replacing an existing chunk does not count it twice.
+        assert (await api.chunk(session_id, 1, audio_wav[:100_000])).status_code == 200
+        assert len(staged_files(settings)) == 2
+
+
+async def test_resent_chunk_replaces_the_old_one(
+    api: UploadApi, audio_wav: bytes, settings: Settings
+) -> None:
+    session_id = await api.session()
+    first, second = audio_wav[:1000], audio_wav[1000:2500]
+    assert (await api.chunk(session_id, 0, first)).status_code == 200
+    response = await api.chunk(session_id, 0, second)
+    assert response.json()["data"] == {"chunk_index": 0, "size": 1500, "sha256": sha256(second)}
+    files = staged_files(settings)
+    assert len(files) == 1
+    assert files[0].read_bytes() == second
+    status = (await api.status(session_id)).json()["data"]
+    assert status["received_chunks"] == [0]
+    assert status["received_bytes"] == 1500
+
+
+async def test_parallel_resends_of_one_index_leave_exactly_one_file(
+    api: UploadApi,
+    audio_wav: bytes,
+    settings: Settings,
+) -> None:
+    session_id = await api.session()
+    versions = [audio_wav[i * 1000 : (i + 1) * 1000 + i] for i in range(6)]
+    responses = await asyncio.gather(*(api.chunk(session_id, 0, v) for v in versions))
+    assert all(r.status_code == 200 for r in responses)
+    files = staged_files(settings)
+    assert len(files) == 1
+    status = (await api.status(session_id)).json()["data"]
+    assert status["received_bytes"] == len(files[0].read_bytes())
+    assert files[0].read_bytes() in versions
+
+
+async def test_chunk_checksum_mismatch_is_422_and_discarded(
+    api: UploadApi,
+    audio_wav: bytes,
+    settings: Settings,
+) -> None:
+    session_id = await api.session()
+    piece = audio_wav[:4096]
+    wrong = hashlib.sha256(b"something else").hexdigest()
+    assert_error(
+        await api.chunk(session_id, 0, piece, chunk_sha256=wrong), 422, "checksum_mismatch"
+    )
+    assert_error(await api.chunk(session_id, 0, piece, chunk_sha256="zz"), 422, "validation_error")
+    assert staged_files(settings) == []
+    ok = await api.chunk(session_id, 0, piece, chunk_sha256=sha256(piece).upper())
+    assert ok.status_code == 200
+
+
+async def test_parallel_out_of_order_chunks(api: UploadApi, audio_wav: bytes) -> None:
+    session_id = await api.session()
+    chunks = split(audio_wav, 20_000)
+    await api.send_all(session_id, chunks, parallel=6, shuffle=True)
+    status = (await api.status(session_id)).json()["data"]
+    assert status["received_chunks"] == list(range(len(chunks)))
+    assert status["received_bytes"] == len(audio_wav)
+
+
+async def test_truncated_body_leaves_no_partial_file(
+    api: UploadApi, audio_wav: bytes, settings: Settings
+) -> None:
+    session_id = await api.session()
+    body = (
+        b'--x\r\nContent-Disposition: form-data; name="upload_session_id"\r\n\r\n'
+        + session_id.encode()
+        + b"\r\n--x\r\nContent-Disposition: form-data; "
+        b'name="chunk"; filename="c"\r\n\r\n' + audio_wav[:50_000]
+    )
+    response = await api.client.post(
+        "/upload/chunk",
+        content=body,
+        headers={**api.headers(), "content-type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 422
+    assert staged_files(settings) == []
+
+
+async def test_chunk_after_abort_is_409(api: UploadApi, audio_wav: bytes) -> None:
+    session_id = await api.session()
+    assert (await api.abort(session_id)).status_code == 200
+    assert_error(
+        await api.chunk(session_id, 0, audio_wav[:100]), 409, "session_not_accepting_chunks"
+    )
+
+
+async def test_expired_session_is_410(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, audio_wav: bytes
+) -> None:
+    settings = settings_factory()
+    async with running(create_app(settings)) as http:
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        container = http._transport.app.state.container  # type: ignore[attr-defined]
+        from datetime import UTC, datetime, timedelta
+
+        from sqlalchemy import update
+
+        from app.storage.tables import upload_sessions
+
+        async with container.engine.begin() as conn:
+            await conn.execute(
+                update(upload_sessions).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+            )
+        assert_error(await api.chunk(session_id, 0, audio_wav[:100]), 410, "session_expired")
+        assert_error(await api.complete(session_id, 1), 410, "session_expired")
+        status = (await api.status(session_id)).json()["data"]
+        assert status["state"] == "expired"
+
+
+async def test_empty_body_stream_is_422(api: UploadApi) -> None:
+    response = await api.client.post(
+        "/upload/chunk",
+        content=b"",
+        headers={**api.headers(), "content-type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 422
+    assert isinstance(response, httpx.Response)
