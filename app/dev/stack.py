@@ -91,13 +91,13 @@ def main() -> None:
         s3.create_bucket(DEV_BUCKET)
         settings = Settings(
             _env_file=None,
-            main_service_jwt_public_key=keys.public_pem,  # type: ignore[arg-type]
+            main_service_jwt_public_key=keys.public_pem,
             expected_jwt_issuer=DEV_ISSUER,
             expected_jwt_audience=DEV_AUDIENCE,
             s3_bucket_name=DEV_BUCKET,
             s3_endpoint_url=s3.endpoint_url,
             s3_access_key=DEV_ACCESS_KEY,
-            s3_secret_key=DEV_SECRET_KEY,  # type: ignore[arg-type]
+            s3_secret_key=DEV_SECRET_KEY,
             local_temp_chunk_path=state / "staging",
         )
         base_url = f"http://{args.host}:{args.port}"
