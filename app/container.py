@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,7 +15,8 @@ from app.storage.database import create_engine, migrate
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
-from app.uploads.service import UploadPolicy, UploadService
+from app.uploads.audio import AudioFacts, inspect_audio
+from app.uploads.service import AudioInspector, UploadPolicy, UploadService
 
 
 @dataclass
@@ -41,6 +43,15 @@ def build_verifier(settings: Settings) -> TokenVerifier:
         leeway_seconds=settings.jwt_leeway_seconds,
         require_file_id=settings.jwt_require_file_id_claim,
     )
+
+
+def audio_inspector(settings: Settings) -> AudioInspector:
+    allowed = settings.allowed_audio_formats
+
+    def inspect(stream: BinaryIO, file_name: str) -> AudioFacts:
+        return inspect_audio(stream, file_name, allowed)
+
+    return inspect
 
 
 def policy_from(settings: Settings) -> UploadPolicy:
@@ -70,7 +81,9 @@ async def build_container(settings: Settings, verifier: TokenVerifier) -> Contai
         await objects.open()
         stack.push_async_callback(objects.close)
         store = SqlSessionStore(engine)
-        uploads = UploadService(store, staging, objects, policy_from(settings))
+        uploads = UploadService(
+            store, staging, objects, policy_from(settings), inspect_audio=audio_inspector(settings)
+        )
     except BaseException:
         await stack.aclose()
         raise

@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.uploads.audio import FORMATS as AUDIO_FORMATS
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -26,7 +28,10 @@ DEFAULT_AUDIO_EXTENSIONS = "mp3,wav,flac,ogg,oga,opus,m4a,mp4,aac,webm,aiff,aif,
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+    # Empty values (as in a .env copied from .env.example) mean "use the default".
+    model_config = SettingsConfigDict(
+        env_file=".env", extra="ignore", case_sensitive=False, env_ignore_empty=True
+    )
 
     # --- authentication -------------------------------------------------------------
     main_service_jwt_public_key: SecretStr | None = Field(
@@ -89,6 +94,10 @@ class Settings(BaseSettings):
     allowed_audio_extensions: Annotated[frozenset[str], NoDecode] = Field(
         default_factory=lambda: frozenset(DEFAULT_AUDIO_EXTENSIONS.split(","))
     )
+    allowed_audio_formats: Annotated[frozenset[str], NoDecode] = Field(
+        default_factory=lambda: frozenset(AUDIO_FORMATS),
+        description="Detected formats accepted at completion (ids of app.uploads.audio.FORMATS).",
+    )
 
     # --- main-service notification --------------------------------------------------
     main_service_notify_url: str | None = None
@@ -116,7 +125,16 @@ class Settings(BaseSettings):
             raise ValueError("must be a PEM public key (-----BEGIN PUBLIC KEY-----)")
         return SecretStr(pem + "\n")
 
-    @field_validator("allowed_audio_extensions", mode="before")
+    @field_validator("allowed_audio_formats")
+    @classmethod
+    def _known_formats(cls, value: frozenset[str]) -> frozenset[str]:
+        unknown = sorted(value - AUDIO_FORMATS.keys())
+        if unknown:
+            known = ", ".join(sorted(AUDIO_FORMATS))
+            raise ValueError(f"unknown formats {unknown}; known: {known}")
+        return value
+
+    @field_validator("allowed_audio_extensions", "allowed_audio_formats", mode="before")
     @classmethod
     def _split_extensions(cls, value: object) -> object:
         if isinstance(value, str):

@@ -110,3 +110,31 @@ def test_unreadable_public_key_is_named(keypair: KeyPair) -> None:
     settings = Settings(_env_file=None, **values)
     with pytest.raises(SettingsError, match="MAIN_SERVICE_JWT_PUBLIC_KEY"):
         build_verifier(settings)
+
+
+def test_env_file_made_from_the_example_works(
+    keypair: KeyPair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seed's set-up: copy .env.example to .env, fill in the key; blanks mean defaults."""
+    example = (REPO / ".env.example").read_text()
+    pem = keypair.public_pem.replace("\n", "\\n")
+    lines = []
+    for line in example.splitlines():
+        if line.startswith("MAIN_SERVICE_JWT_PUBLIC_KEY="):
+            line = f'MAIN_SERVICE_JWT_PUBLIC_KEY="{pem}"'
+        lines.append(line)
+    (tmp_path / ".env").write_text("\n".join(lines) + "\n")
+    for name in list(os.environ):
+        if name.startswith(("S3_", "EXPECTED_", "MAIN_SERVICE", "JWT_", "DATABASE", "MAX_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings()
+    assert settings.s3_bucket_name == "audio-uploads"
+    assert settings.s3_access_key is None and settings.s3_endpoint_url is None
+    assert settings.database_url is None and settings.database_schema is None
+    assert settings.main_service_notify_url is None
+    assert "mp3" in settings.allowed_audio_extensions
+    assert settings.allowed_audio_formats >= {"mp3", "wav", "flac"}
+    from app.container import build_verifier
+
+    build_verifier(settings)  # the key from .env is readable

@@ -24,7 +24,7 @@ log = structlog.get_logger(__name__)
 @dataclass(frozen=True)
 class AssembledObject:
     size_bytes: int
-    sha256: str
+    sha256: str | None  # None when the caller hashed the content beforehand
 
 
 async def upload_in_parts(
@@ -39,8 +39,9 @@ async def upload_in_parts(
     expected_sha256: str | None,
     on_started: Callable[[str], object] | None = None,
 ) -> AssembledObject:
-    """Upload the stream as `key`; raise ChecksumMismatch (object not committed) when the
-    content's SHA-256 differs from `expected_sha256`."""
+    """Upload the stream as `key`. With `expected_sha256`, the content is hashed on the way
+    and ChecksumMismatch raised (object not committed) when it differs; without it, the
+    caller has already hashed the content and no hashing happens here."""
     upload_id = await objects.start(key, content_type=content_type, metadata=metadata)
     try:
         if on_started is not None:
@@ -54,7 +55,8 @@ async def upload_in_parts(
 
             def read_part() -> bytes:
                 data = stream.read(part_size_bytes)
-                digest.update(data)
+                if expected_sha256 is not None:
+                    digest.update(data)
                 return data
 
             async def send(part_number: int, data: bytes) -> None:
@@ -80,7 +82,7 @@ async def upload_in_parts(
                         break
         finally:
             await asyncio.to_thread(stream.close)
-        sha256 = digest.hexdigest()
+        sha256 = digest.hexdigest() if expected_sha256 is not None else None
         if expected_sha256 is not None and expected_sha256 != sha256:
             raise ChecksumMismatch(
                 "The assembled file's SHA-256 does not match the declared sha256.",
@@ -93,6 +95,15 @@ async def upload_in_parts(
             raise _first_service_error(error) from error
         raise
     return AssembledObject(size_bytes=size_bytes, sha256=sha256)
+
+
+def hash_stream(open_stream: Callable[[], BinaryIO], block_bytes: int = 8 * 1024 * 1024) -> str:
+    """SHA-256 of a whole stream, read in blocks (blocking: run it in a worker thread)."""
+    digest = hashlib.sha256()
+    with open_stream() as stream:
+        while block := stream.read(block_bytes):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 async def _maybe_await(value: object) -> None:

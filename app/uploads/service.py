@@ -34,9 +34,12 @@ from app.errors import (
     SessionNotCompletable,
     SessionNotFound,
     SizeMismatch,
+    UnsupportedAudio,
     ValidationFailed,
 )
-from app.uploads.assembly import upload_in_parts
+from app.uploads import audio
+from app.uploads.assembly import hash_stream, upload_in_parts
+from app.uploads.audio import AudioFacts
 from app.uploads.models import (
     CompleteRequest,
     CompletionOutcome,
@@ -77,9 +80,9 @@ _EXTENSION_CONTENT_TYPES = {
     "amr": "audio/amr",
 }
 
-AudioFactsProbe = Callable[[BinaryIO, str], dict[str, Any]]
-"""Reads the head (and tail) of the assembled file; returns facts including
-`content_type`, or raises UnsupportedAudio. Blocking: it runs in a worker thread."""
+AudioInspector = Callable[[BinaryIO, str], AudioFacts]
+"""Reads the head (and tail) of the assembled file and says what audio it is, or raises
+audio.UnsupportedAudio. Blocking: it runs in a worker thread."""
 
 
 @dataclass(frozen=True)
@@ -103,14 +106,14 @@ class UploadService:
         objects: MultipartObjectStore,
         policy: UploadPolicy,
         *,
-        probe_audio: AudioFactsProbe | None = None,
+        inspect_audio: AudioInspector | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self.store = store
         self.staging = staging
         self.objects = objects
         self.policy = policy
-        self._probe_audio = probe_audio
+        self._inspect_audio = inspect_audio
         self._clock = clock
 
     # ----------------------------------------------------------------------- init
@@ -285,8 +288,16 @@ class UploadService:
         def open_stream() -> BinaryIO:
             return self.staging.open_assembled(session.id, chunks)
 
+        # Nothing reaches the bucket unless the bytes really are audio we accept.
         facts = await self._inspect(session, open_stream)
-        content_type = str(facts.get("content_type") or self._content_type_from_name(session))
+        content_type = facts.content_type if facts else self._content_type_from_name(session)
+        # S3 metadata is fixed when the multipart upload starts, so the file's SHA-256 must
+        # be known by then: declared by the client (verified while uploading, before the
+        # commit), or computed in a hashing pass first. Either way each byte is hashed once.
+        if expected_sha256 is not None:
+            sha256 = expected_sha256
+        else:
+            sha256 = await asyncio.to_thread(hash_stream, open_stream)
         key = build_object_key(
             self.policy.key_prefix,
             session.owner_sub,
@@ -295,8 +306,10 @@ class UploadService:
             session.original_file_name,
         )
         metadata = {
+            "sha256": sha256,
             "upload-session-id": session.id,
             "main-service-file-id": str(session.main_service_file_id),
+            **(facts.as_metadata() if facts else {}),
         }
 
         async def remember(upload_id: str) -> None:
@@ -320,24 +333,36 @@ class UploadService:
             "bucket": self.objects.bucket,
             "key": key,
             "size": assembled.size_bytes,
-            "sha256": assembled.sha256,
+            "sha256": sha256,
             "content_type": content_type,
         }
-        result.update({k: v for k, v in facts.items() if k != "content_type"})
+        if facts is not None:
+            result.update(
+                audio_format=facts.format,
+                codec=facts.codec,
+                duration_seconds=facts.duration_seconds,
+                sample_rate=facts.sample_rate,
+                channels=facts.channels,
+                bitrate=facts.bitrate,
+            )
         return result
 
     async def _inspect(
         self, session: UploadSession, open_stream: Callable[[], BinaryIO]
-    ) -> dict[str, Any]:
-        if self._probe_audio is None:
-            return {}
-        probe = self._probe_audio
+    ) -> AudioFacts | None:
+        if self._inspect_audio is None:
+            return None
+        inspect = self._inspect_audio
 
-        def run() -> dict[str, Any]:
+        def run() -> AudioFacts:
             with open_stream() as stream:
-                return probe(stream, session.original_file_name)
+                return inspect(stream, session.original_file_name)
 
-        return await asyncio.to_thread(run)
+        try:
+            return await asyncio.to_thread(run)
+        except audio.UnsupportedAudio as refusal:
+            log.info("upload.audio_refused", session_id=session.id, reason=refusal.reason)
+            raise UnsupportedAudio(refusal.reason) from None
 
     # ------------------------------------------------------------ status & abort
     async def status(self, principal: Principal, session_id: str) -> SessionView:
