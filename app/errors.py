@@ -134,3 +134,8 @@ class ClientDisconnected(ServiceError):
 class MalformedBody(ServiceError):
     code, status = "malformed_body", 422
     default_message = "The request body could not be parsed."
+
+
+class AuthUnavailable(ServiceError):
+    code, status = "auth_unavailable", 503
+    default_message = "The signing keys could not be fetched; retry later."

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     main_service_jwks_url: str | None = Field(
         default=None, description="JWKS URL; tokens pick their key by `kid`."
     )
+    jwks_cache_seconds: float = Field(default=300, ge=0, description="JWKS document cache")
+    jwks_refresh_cooldown_seconds: float = Field(
+        default=30, ge=0, description="least time between refetches caused by unknown kids"
+    )
     jwt_algorithm: str = "RS256"
     expected_jwt_issuer: str
     expected_jwt_audience: str

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from app.errors import InvalidToken
+from app.errors import AuthUnavailable, InvalidToken
 from app.settings import Settings, SettingsError
 
 
@@ -33,14 +33,23 @@ class JwksKeys:
     """Keys fetched from a JWKS document, cached; an unknown `kid` triggers one refetch,
     which is how a rotated key is picked up."""
 
-    def __init__(self, url: str) -> None:
-        self._client = jwt.PyJWKClient(url, cache_keys=True, lifespan=300, timeout=10)
+    def __init__(self, url: str, *, cache_seconds: float, refresh_cooldown_seconds: float) -> None:
+        # A cooldown on refetches for unknown kids keeps junk tokens from hammering the
+        # main service's JWKS endpoint.
+        self._client = jwt.PyJWKClient(
+            url,
+            cache_keys=False,
+            lifespan=max(cache_seconds, 1),
+            timeout=10,
+            cooldown_duration=refresh_cooldown_seconds,
+        )
 
     async def key_for(self, token: str) -> Any:
         try:
             signing_key = await asyncio.to_thread(self._client.get_signing_key_from_jwt, token)
         except jwt.PyJWKClientConnectionError:
-            raise InvalidToken("The signing keys could not be fetched.") from None
+            # Not the caller's fault: the main service's key endpoint is unreachable.
+            raise AuthUnavailable() from None
         except (jwt.PyJWKClientError, jwt.DecodeError):
             raise InvalidToken("No known key signed this token.") from None
         return signing_key.key
@@ -50,4 +59,8 @@ def key_source_from(settings: Settings) -> KeySource:
     if settings.main_service_jwt_public_key is not None:
         return StaticKey(settings.main_service_jwt_public_key.get_secret_value())
     assert settings.main_service_jwks_url is not None  # guaranteed by Settings
-    return JwksKeys(settings.main_service_jwks_url)
+    return JwksKeys(
+        settings.main_service_jwks_url,
+        cache_seconds=settings.jwks_cache_seconds,
+        refresh_cooldown_seconds=settings.jwks_refresh_cooldown_seconds,
+    )
