@@ -1,16 +1,28 @@
-"""A loopback TCP proxy that can be cut off, to make real network outages in tests."""
+"""A loopback TCP proxy that can be cut off, to make real network outages in tests.
+
+It can also count what the client sends (occurrences of byte patterns such as
+`b"POST /upload/chunk "`, found across read boundaries) and cut itself off once a given
+number of bytes has gone upstream."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
+from collections.abc import Iterable
 
 
 class CuttableProxy:
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, watch: Iterable[bytes] = ()
+    ) -> None:
         self.target = (target_host, target_port)
         self.online = True
         self.connections = 0
+        self.upstream_bytes = 0
+        self.cut_after_upstream_bytes: int | None = None
+        self.seen: Counter[bytes] = Counter()
+        self._watch = tuple(watch)
         self._server: asyncio.Server | None = None
         self._streams: set[asyncio.StreamWriter] = set()
 
@@ -51,13 +63,35 @@ class CuttableProxy:
             writer.transport.abort()
             return
         self._streams.update({writer, up_writer})
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        await asyncio.gather(
+            self._pipe(reader, up_writer, upstream=True), self._pipe(up_reader, writer)
+        )
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _observe(self, tail: bytes, data: bytes) -> bytes:
+        """Count watched patterns in what goes upstream; returns the tail to keep."""
+        window = tail + data
+        for pattern in self._watch:
+            # Only matches that end inside the new data: none is counted twice.
+            start = max(0, len(tail) - len(pattern) + 1)
+            self.seen[pattern] += window.count(pattern, start)
+        self.upstream_bytes += len(data)
+        longest = max((len(p) for p in self._watch), default=1)
+        return window[-(longest - 1) :] if longest > 1 else b""
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, upstream: bool = False
+    ) -> None:
+        tail = b""
         try:
             while data := await reader.read(65536):
                 if not self.online:
                     break
+                if upstream:
+                    tail = self._observe(tail, data)
+                    limit = self.cut_after_upstream_bytes
+                    if limit is not None and self.upstream_bytes >= limit:
+                        self.cut()
+                        break
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
