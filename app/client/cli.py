@@ -166,7 +166,8 @@ def run(
             file_name=name,
             restart=restart,
         )
-        result = _upload(err, start, file.name, quiet=quiet or as_json)
+        # --json keeps stdout for the result; notices still go to stderr unless --quiet.
+        result = _upload(err, start, file.name, bar=not (quiet or as_json), notices=not quiet)
     except UploadError as error:
         _fail(err, error, as_json)
     if as_json:
@@ -183,20 +184,25 @@ def run(
 
 
 def _upload(
-    err: Console, start: Callable[..., Awaitable[UploadResult]], file_name: str, *, quiet: bool
+    err: Console,
+    start: Callable[..., Awaitable[UploadResult]],
+    file_name: str,
+    *,
+    bar: bool,
+    notices: bool,
 ) -> dict[str, Any]:
-    """Runs `start(on_progress=..., on_notice=...)` with a progress bar unless quiet."""
+    """Runs `start(on_progress=..., on_notice=...)`, showing what is asked for on stderr."""
 
     def notice(text: str) -> None:
-        if not quiet:
-            err.print(f"[cyan]{escape(text)}[/]")
+        if notices:
+            err.print(f"[cyan]{escape(text)}[/]", soft_wrap=True)
 
     async def go(on_progress: Callable[[UploadProgress], None] | None) -> dict[str, Any]:
         result = await start(on_progress=on_progress, on_notice=notice)
         return result.to_dict()
 
     try:
-        if quiet:
+        if not bar:
             return asyncio.run(go(None))
         columns = (
             TextColumn("{task.description}"),
@@ -205,8 +211,8 @@ def _upload(
             TransferSpeedColumn(),
             TimeRemainingColumn(),
         )
-        with Progress(*columns, console=err, transient=False) as bar:
-            return asyncio.run(go(BarReporter(bar, file_name)))
+        with Progress(*columns, console=err, transient=False) as progress:
+            return asyncio.run(go(BarReporter(progress, file_name)))
     except KeyboardInterrupt:
         raise UploadInterrupted(
             "Interrupted. Run the same command again to resume where it stopped."
