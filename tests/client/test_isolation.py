@@ -3,9 +3,13 @@ CLI) in a fresh interpreter pulls in none of them."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 SERVER_MODULES = ["fastapi", "starlette", "sqlalchemy", "aiobotocore", "botocore", "pydantic"]
 SERVER_MODULES += ["app.main", "app.uploads", "app.api", "app.storage", "app.settings"]
@@ -25,3 +29,26 @@ def test_importing_the_client_and_its_cli_pulls_in_no_server_module() -> None:
     leaked, has_httpx = (json.loads(line) for line in done.stdout.splitlines())
     assert leaked == []
     assert has_httpx is True
+
+
+CLIENT = Path(__file__).resolve().parents[2] / "app" / "client"
+
+
+@pytest.mark.parametrize("path", sorted(CLIENT.glob("*.py")), ids=lambda p: p.name)
+def test_client_modules_import_only_the_stdlib_httpx_and_themselves(path: Path) -> None:
+    allowed = {"httpx"} | ({"typer", "rich"} if path.name == "cli.py" else set())
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    bad = sorted(
+        name
+        for name in names
+        if not name.startswith("app.client")
+        and name.split(".")[0] not in sys.stdlib_module_names
+        and name.split(".")[0] not in allowed
+    )
+    assert bad == [], f"{path.name} imports {bad}"
