@@ -110,9 +110,7 @@ class HttpFront:
         forwarded = {
             k.strip(): v.strip() for k, v in headers if k.strip().lower() not in HOP_BY_HOP
         }
-        response = await self._http.request(
-            seen.method, seen.path, headers=forwarded, content=body
-        )
+        response = await self._http.request(seen.method, seen.path, headers=forwarded, content=body)
         out = {
             k: v
             for k, v in response.headers.items()

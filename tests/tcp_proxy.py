@@ -13,9 +13,7 @@ from collections.abc import Iterable
 
 
 class CuttableProxy:
-    def __init__(
-        self, target_host: str, target_port: int, *, watch: Iterable[bytes] = ()
-    ) -> None:
+    def __init__(self, target_host: str, target_port: int, *, watch: Iterable[bytes] = ()) -> None:
         self.target = (target_host, target_port)
         self.online = True
         self.connections = 0

@@ -59,4 +59,3 @@ class UnavailableError(UploadError):
 
 class UploadInterrupted(UploadError):
     exit_code = 130
-

@@ -137,8 +137,7 @@ class StateStore:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise UsageError(
-                    "Another upload of this file to this service is running "
-                    f"(lock {handle.name})."
+                    f"Another upload of this file to this service is running (lock {handle.name})."
                 ) from None
             try:
                 yield

@@ -3,7 +3,10 @@ tests. It keeps everything in memory: restart it and the bucket is gone."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +17,17 @@ import httpx
 
 DEV_ACCESS_KEY = "dev-access-key"
 DEV_SECRET_KEY = "dev-secret-key"  # noqa: S105 - moto accepts any credentials
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, even by a
+    signal that skips clean-up (uvicorn re-raises SIGTERM after its own shutdown)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # elsewhere the caller's own clean-up has to do
 
 
 def free_port() -> int:
@@ -38,6 +52,7 @@ class LocalS3Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:

@@ -116,7 +116,12 @@ def test_a_file_the_service_refuses_exits_4_without_retrying(
     notes.write_text("not audio")
 
     run = run_cli(
-        str(notes), "--file-id", "5", "--url", service.url, "--json",
+        str(notes),
+        "--file-id",
+        "5",
+        "--url",
+        service.url,
+        "--json",
         env=cli_env(keypair.token("user-1"), tmp_path / "state"),
     )
 
