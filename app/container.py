@@ -65,13 +65,18 @@ def policy_from(settings: Settings) -> UploadPolicy:
         key_prefix=settings.s3_key_prefix,
         part_size_bytes=settings.s3_part_size_bytes,
         part_concurrency=settings.s3_max_concurrency,
+        max_open_sessions_per_user=settings.max_open_sessions_per_user,
     )
 
 
 async def build_container(settings: Settings, verifier: TokenVerifier) -> Container:
     stack = AsyncExitStack()
     try:
-        staging = DiskStaging(settings.local_temp_chunk_path, fsync=settings.staging_fsync)
+        staging = DiskStaging(
+            settings.local_temp_chunk_path,
+            fsync=settings.staging_fsync,
+            max_bytes=settings.staging_max_bytes,
+        )
         staging.prepare()
         engine = create_engine(settings.resolved_database_url, schema=settings.database_schema)
         stack.push_async_callback(engine.dispose)

@@ -76,6 +76,21 @@ class SessionExpired(ServiceError):
     default_message = "The upload session has expired."
 
 
+class RequestIdleTimeout(ServiceError):
+    code, status = "request_timeout", 408
+    default_message = "The request body stalled for too long; the partial chunk was discarded."
+
+
+class TooManyOpenSessions(ServiceError):
+    code, status = "too_many_open_sessions", 429
+    default_message = "Too many open upload sessions; complete or abort some first."
+
+
+class RequestTooLarge(ServiceError):
+    code, status = "request_too_large", 413
+    default_message = "The request body is too large."
+
+
 class ChunkTooLarge(ServiceError):
     code, status = "chunk_too_large", 413
     default_message = "The chunk exceeds the maximum chunk size."

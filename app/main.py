@@ -18,8 +18,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import health, uploads
 from app.api.envelope import install_error_handlers
+from app.api.limits import BodySizeLimitMiddleware
 from app.api.schemas import ErrorEnvelope
 from app.container import build_container, build_verifier
+from app.janitor import JanitorLoop
 from app.logging import configure_logging
 from app.settings import Settings, load_settings
 
@@ -51,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container = await build_container(settings, verifier)
         app.state.container = container
+        # Clean-up loop; on the exit stack so it stops before the parts it uses close.
+        container.stack.push_async_callback(JanitorLoop(container).start().stop)
         log.info(
             "service.started",
             database=container.engine.dialect.name,
@@ -70,6 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(health.router)
 
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_json_body_bytes,
+        streamed_paths=frozenset({"/upload/chunk"}),
+    )
     app.add_middleware(RequestIdMiddleware)
     return app
 

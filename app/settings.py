@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     session_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     completion_lease_seconds: int = Field(
         default=900,
-        ge=10,
+        ge=1,
         description="How long a complete may run before another request may take it over.",
     )
     allowed_audio_extensions: Annotated[frozenset[str], NoDecode] = Field(
@@ -107,6 +107,38 @@ class Settings(BaseSettings):
     main_service_notify_url: str | None = None
     main_service_notify_secret: SecretStr | None = None
     notify_max_attempts: int = Field(default=12, ge=1, le=1000)
+
+    # --- clean-up, abuse limits and shutdown ---------------------------------------
+    janitor_interval_seconds: float = Field(
+        default=300, ge=0, description="Seconds between janitor passes; 0 turns the loop off."
+    )
+    orphan_grace_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="Age before an unowned staging file or S3 multipart upload, or a "
+        "completion whose lease lapsed, is reclaimed. Longer than any one request.",
+    )
+    expired_retention_seconds: int = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="How long expired and aborted session records stay (410, not 404).",
+    )
+    max_open_sessions_per_user: int = Field(
+        default=100, ge=0, description="uploading or completing sessions per sub; 0: no limit"
+    )
+    staging_max_bytes: int = Field(
+        default=0, ge=0, description="bytes staged at once (all sessions); 0: the disk's size"
+    )
+    chunk_idle_timeout_seconds: float = Field(
+        default=60, gt=0, description="A chunk body that sends nothing this long is cut off."
+    )
+    max_json_body_bytes: int = Field(default=64 * 1024, ge=1024, description="bytes")
+    shutdown_grace_seconds: int = Field(
+        default=30,
+        ge=0,
+        description="In-flight requests get this long after SIGTERM (uvicorn "
+        "--timeout-graceful-shutdown); the rest are cut off and their partial files removed.",
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -4,19 +4,21 @@ The body is never held whole: python-multipart's push parser hands us pieces as 
 arrive, and the `chunk` part's bytes go to a ChunkWriter (which hashes and writes them
 in a worker thread). Parts may come in any order; when `upload_session_id` precedes the
 chunk, the session is checked before any chunk byte is stored. On any failure the
-partial file is removed.
+partial file is removed, including a body that stalls longer than the idle timeout and
+a request cancelled by shutdown.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import ClientDisconnected, MalformedBody, ValidationFailed
+from app.errors import ClientDisconnected, MalformedBody, RequestIdleTimeout, ValidationFailed
 from app.uploads.models import StagedFile
 from app.uploads.ports import ChunkWriter
 
@@ -41,6 +43,8 @@ async def read_chunk_form(
     request: Request,
     new_writer: Callable[[], ChunkWriter],
     on_session_id: Callable[[str], Awaitable[None]],
+    *,
+    idle_timeout_seconds: float | None = None,
 ) -> ChunkForm:
     content_type, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
@@ -91,7 +95,7 @@ async def read_chunk_form(
     part = _Part()
     writers: list[ChunkWriter] = []
     try:
-        async for piece in request.stream():
+        async for piece in _with_idle_timeout(request.stream(), idle_timeout_seconds):
             if not piece:
                 continue
             try:
@@ -133,6 +137,23 @@ async def read_chunk_form(
     if form.staged is None:
         await _discard(writers, form)
     return form
+
+
+async def _with_idle_timeout(
+    pieces: AsyncIterator[bytes], idle_timeout_seconds: float | None
+) -> AsyncIterator[bytes]:
+    """The body's pieces; a wait longer than the timeout for the next one ends it."""
+    while True:
+        try:
+            async with asyncio.timeout(idle_timeout_seconds):
+                piece = await anext(pieces)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise RequestIdleTimeout(
+                details={"idle_timeout_seconds": idle_timeout_seconds}
+            ) from None
+        yield piece
 
 
 async def _discard(writers: list[ChunkWriter], form: ChunkForm) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from app.api.chunk_form import read_chunk_form
-from app.api.deps import CurrentPrincipal, Uploads
+from app.api.deps import AppContainer, CurrentPrincipal, Uploads
 from app.api.envelope import success
 from app.api.schemas import CompleteBody, Envelope, InitBody
 from app.errors import ChunkTooLarge, SessionNotFound, ValidationFailed
@@ -58,7 +58,9 @@ async def init_upload(body: InitBody, principal: CurrentPrincipal, uploads: Uplo
         },
     },
 )
-async def upload_chunk(request: Request, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+async def upload_chunk(
+    request: Request, principal: CurrentPrincipal, uploads: Uploads, container: AppContainer
+) -> Any:
     declared_length = request.headers.get("content-length")
     limit = uploads.policy.max_chunk_size + MULTIPART_OVERHEAD_BYTES
     if declared_length and declared_length.isdigit() and int(declared_length) > limit:
@@ -67,7 +69,12 @@ async def upload_chunk(request: Request, principal: CurrentPrincipal, uploads: U
     async def check_session(session_id: str) -> None:
         await uploads.check_can_receive(principal, _session_id(session_id))
 
-    form = await read_chunk_form(request, uploads.new_chunk_writer, check_session)
+    form = await read_chunk_form(
+        request,
+        uploads.new_chunk_writer,
+        check_session,
+        idle_timeout_seconds=container.settings.chunk_idle_timeout_seconds,
+    )
     staged = form.staged
     try:
         missing = [

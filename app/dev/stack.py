@@ -114,7 +114,13 @@ Stop with Ctrl-C.
 """,
             flush=True,
         )
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning")
+        uvicorn.run(
+            create_app(settings),
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            timeout_graceful_shutdown=settings.shutdown_grace_seconds,
+        )
     finally:
         s3.stop()
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +25,13 @@ from app.errors import StorageUnavailable
 from app.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PendingMultipartUpload:
+    key: str
+    upload_id: str
+    initiated_at: datetime
 
 
 class S3MultipartStore:
@@ -117,6 +126,32 @@ class S3MultipartStore:
 
     async def check(self) -> None:
         await self._call("head_bucket", Bucket=self._bucket)
+
+    async def list_multipart_uploads(self, prefix: str) -> list[PendingMultipartUpload]:
+        """Every unfinished multipart upload whose key starts with `prefix`."""
+        found: list[PendingMultipartUpload] = []
+        markers: dict[str, str] = {}
+        while True:
+            response = await self._call(
+                "list_multipart_uploads", Bucket=self._bucket, Prefix=prefix, **markers
+            )
+            for upload in response.get("Uploads", []):
+                initiated = upload["Initiated"]
+                if initiated.tzinfo is None:
+                    initiated = initiated.replace(tzinfo=UTC)
+                found.append(
+                    PendingMultipartUpload(
+                        key=str(upload["Key"]),
+                        upload_id=str(upload["UploadId"]),
+                        initiated_at=initiated.astimezone(UTC),
+                    )
+                )
+            if not response.get("IsTruncated"):
+                return found
+            markers = {
+                "KeyMarker": response.get("NextKeyMarker", ""),
+                "UploadIdMarker": response.get("NextUploadIdMarker", ""),
+            }
 
     async def _call(self, operation: str, **kwargs: Any) -> Any:
         try:

@@ -7,7 +7,8 @@ writer of a session, so a chunk record can never slip in after a completion clai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,15 @@ from app.uploads.ports import ChunkRecordOutcome, ChunkRecordResult
 
 S = upload_sessions.c
 C = upload_chunks.c
+
+_OPEN_STATES = (SessionState.UPLOADING.value, SessionState.COMPLETING.value)
+_PURGEABLE_STATES = (
+    SessionState.EXPIRED.value,
+    SessionState.ABORTED.value,
+    SessionState.FAILED.value,
+)
+# Bound the size of `IN (...)` lists sent in one statement.
+_IN_BATCH = 500
 
 
 class SqlSessionStore:
@@ -182,6 +192,155 @@ class SqlSessionStore:
             )
             return bool(changed.rowcount == 1)
 
+    # --- open-session limit --------------------------------------------------------
+    async def create_within_limit(
+        self, session: UploadSession, *, max_open: int, now: datetime
+    ) -> bool:
+        """Insert the session unless its owner already has `max_open` open ones.
+        Count and insert share one transaction that holds a per-owner lock, so
+        concurrent inits cannot both slip under the limit."""
+        async with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _owner_lock(session)}
+                )
+            # (On SQLite every transaction is BEGIN IMMEDIATE: already one writer at a time.)
+            open_count = await conn.scalar(
+                select(func.count())
+                .select_from(upload_sessions)
+                .where(
+                    S.owner_sub == session.owner_sub,
+                    or_(
+                        S.state == SessionState.COMPLETING.value,
+                        and_(S.state == SessionState.UPLOADING.value, S.expires_at > now),
+                    ),
+                )
+            )
+            if int(open_count or 0) >= max_open:
+                return False
+            await conn.execute(insert(upload_sessions).values(**_session_row(session)))
+            return True
+
+    # --- janitor queries: each state change is guarded, so replicas may race ---------
+    async def list_stale_sessions(
+        self, *, now: datetime, lease_lapsed_before: datetime, limit: int
+    ) -> list[UploadSession]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(upload_sessions)
+                .where(
+                    or_(
+                        and_(S.state == SessionState.UPLOADING.value, S.expires_at <= now),
+                        and_(
+                            S.state == SessionState.COMPLETING.value,
+                            S.lease_expires_at < lease_lapsed_before,
+                        ),
+                    )
+                )
+                .order_by(S.expires_at)
+                .limit(limit)
+            )
+            return [_session(row) for row in rows.mappings()]
+
+    async def expire_session(self, session_id: str, *, now: datetime) -> UploadSession | None:
+        """uploading and past its expiry -> expired. Returns the row as it was, or None
+        when another writer (a chunk, a complete, another janitor) got there first."""
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(upload_sessions)
+                .where(
+                    S.id == session_id,
+                    S.state == SessionState.UPLOADING.value,
+                    S.expires_at <= now,
+                )
+                .values(state=SessionState.EXPIRED.value, updated_at=now)
+            )
+            if changed.rowcount != 1:
+                return None
+            return await _get(conn, session_id)
+
+    async def release_stale_completion(
+        self, session_id: str, *, now: datetime, lease_lapsed_before: datetime
+    ) -> UploadSession | None:
+        """completing with a long-lapsed lease -> uploading (the client may still retry;
+        expiry then runs its normal course). Returns the row as it was before."""
+        async with self.engine.begin() as conn:
+            before = await _get(conn, session_id)
+            changed = await conn.execute(
+                update(upload_sessions)
+                .where(
+                    S.id == session_id,
+                    S.state == SessionState.COMPLETING.value,
+                    S.lease_expires_at < lease_lapsed_before,
+                )
+                .values(
+                    state=SessionState.UPLOADING.value,
+                    updated_at=now,
+                    lease_expires_at=None,
+                    multipart_upload_id=None,
+                )
+            )
+            return before if changed.rowcount == 1 else None
+
+    async def open_session_ids(self, session_ids: Collection[str]) -> set[str]:
+        """Those of `session_ids` that are uploading or completing (whatever their expiry:
+        an overdue session's data goes with its expiry, not before)."""
+        found: set[str] = set()
+        ids = list(session_ids)
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), _IN_BATCH):
+                rows = await conn.execute(
+                    select(S.id).where(
+                        S.id.in_(ids[start : start + _IN_BATCH]), S.state.in_(_OPEN_STATES)
+                    )
+                )
+                found.update(str(row[0]) for row in rows)
+        return found
+
+    async def chunk_file_names(self, session_ids: Collection[str]) -> set[tuple[str, str]]:
+        """(session id, file name) of every chunk recorded for these sessions."""
+        found: set[tuple[str, str]] = set()
+        ids = list(session_ids)
+        async with self.engine.connect() as conn:
+            for start in range(0, len(ids), _IN_BATCH):
+                rows = await conn.execute(
+                    select(C.session_id, C.file_name).where(
+                        C.session_id.in_(ids[start : start + _IN_BATCH])
+                    )
+                )
+                found.update((str(row[0]), str(row[1])) for row in rows)
+        return found
+
+    async def open_multipart_upload_ids(self) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(S.multipart_upload_id).where(
+                    S.state.in_(_OPEN_STATES), S.multipart_upload_id.is_not(None)
+                )
+            )
+            return {str(row[0]) for row in rows}
+
+    async def purge_closed_sessions(self, *, updated_before: datetime, limit: int) -> int:
+        """Delete expired, aborted and failed session records (and their chunk records)
+        untouched since `updated_before`. Completed ones stay: they answer repeated
+        completes and hold where the file went."""
+        async with self.engine.begin() as conn:
+            rows = await conn.execute(
+                select(S.id)
+                .where(S.state.in_(_PURGEABLE_STATES), S.updated_at < updated_before)
+                .limit(limit)
+            )
+            ids = [str(row[0]) for row in rows]
+            if not ids:
+                return 0
+            await conn.execute(delete(upload_chunks).where(C.session_id.in_(ids)))
+            deleted = await conn.execute(
+                delete(upload_sessions).where(
+                    S.id.in_(ids), S.state.in_(_PURGEABLE_STATES), S.updated_at < updated_before
+                )
+            )
+            return int(deleted.rowcount or 0)
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
@@ -190,6 +349,11 @@ class SqlSessionStore:
 async def _get(conn: AsyncConnection, session_id: str) -> UploadSession | None:
     row = (await conn.execute(select(upload_sessions).where(S.id == session_id))).mappings().first()
     return _session(row) if row is not None else None
+
+
+def _owner_lock(session: UploadSession) -> int:
+    digest = hashlib.sha256(b"open-sessions:" + session.owner_sub.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
 
 
 def _session_row(session: UploadSession) -> dict[str, Any]:

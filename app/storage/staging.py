@@ -8,6 +8,12 @@ Invariants: a chunk file appears under `sessions/` only by an atomic rename of a
 written, hashed temp file; every write has its own random name, so a re-sent chunk never
 overwrites the file a completion may be reading. Blocking file I/O runs in worker
 threads, in pieces of at most `WRITE_BUFFER_BYTES`, so memory stays flat per request.
+
+Staging cap (`max_bytes`, 0 for none): this process counts the bytes it stages (reserved
+as they arrive, released when a file is removed) on top of what was on disk when last
+measured; `refresh_usage` re-measures the tree (at start-up and every janitor pass), so
+other replicas' files are counted from then on. Beyond the cap, or on ENOSPC, a write
+fails with StagingFull and the caller discards the partial file.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
@@ -52,6 +60,7 @@ class DiskChunkWriter:
     async def write(self, data: bytes | memoryview) -> None:
         if self._size_bytes + len(data) > self._max_bytes:
             raise ChunkTooLarge(details={"max_chunk_size": self._max_bytes})
+        self._staging.reserve(len(data))
         self._size_bytes += len(data)
         self._buffer += data
         if len(self._buffer) >= WRITE_BUFFER_BYTES:
@@ -97,18 +106,87 @@ class DiskChunkWriter:
         if self._file is not None:
             self._file.close()
         self._path.unlink(missing_ok=True)
+        self._staging.release(self._size_bytes)
+        self._size_bytes = 0
+
+
+@dataclass(frozen=True)
+class StagingEntry:
+    name: str
+    size_bytes: int
+    modified_at: datetime
 
 
 class DiskStaging:
-    def __init__(self, root: Path, *, fsync: bool = False) -> None:
+    def __init__(self, root: Path, *, fsync: bool = False, max_bytes: int = 0) -> None:
         self.root = root
         self.fsync = fsync
+        self.max_bytes = max_bytes
         self.incoming_dir = root / "incoming"
         self.sessions_dir = root / "sessions"
+        self._used_bytes = 0
 
     def prepare(self) -> None:
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
+        self._used_bytes = _tree_bytes(self.incoming_dir) + _tree_bytes(self.sessions_dir)
+
+    # --- the staging cap ---------------------------------------------------------------
+    @property
+    def used_bytes(self) -> int:
+        return self._used_bytes
+
+    def reserve(self, size_bytes: int) -> None:
+        if self.max_bytes and self._used_bytes + size_bytes > self.max_bytes:
+            raise StagingFull(details={"staging_max_bytes": self.max_bytes})
+        self._used_bytes += size_bytes
+
+    def release(self, size_bytes: int) -> None:
+        self._used_bytes = max(0, self._used_bytes - size_bytes)
+
+    async def refresh_usage(self) -> int:
+        """Re-measure the tree; bytes reserved by writes still in memory are kept."""
+        before = self._used_bytes
+        measured = await asyncio.to_thread(
+            lambda: _tree_bytes(self.incoming_dir) + _tree_bytes(self.sessions_dir)
+        )
+        # Writes that landed while measuring moved the counter; keep their share.
+        self._used_bytes = measured + max(0, self._used_bytes - before)
+        return self._used_bytes
+
+    # --- listings for the janitor ------------------------------------------------------
+    async def list_incoming(self) -> list[StagingEntry]:
+        return await asyncio.to_thread(_entries, self.incoming_dir)
+
+    async def list_session_dirs(self) -> list[str]:
+        """Session ids that have a directory (names that are not UUIDs are not ours)."""
+
+        def scan() -> list[str]:
+            found = []
+            with os.scandir(self.sessions_dir) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            found.append(_session_dir_name(entry.name))
+                    except ValueError:
+                        continue
+            return found
+
+        return await asyncio.to_thread(scan)
+
+    async def list_session_files(self, session_id: str) -> list[StagingEntry]:
+        return await asyncio.to_thread(_entries, self.session_dir(session_id))
+
+    async def remove_incoming(self, name: str) -> None:
+        await asyncio.to_thread(self._unlink_counted, self.incoming_dir / Path(name).name)
+
+    def _unlink_counted(self, path: Path) -> None:
+        try:
+            size_bytes = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return
+        self.release(size_bytes)
 
     def new_writer(self, *, max_bytes: int) -> DiskChunkWriter:
         return DiskChunkWriter(self, max_bytes=max_bytes)
@@ -129,14 +207,21 @@ class DiskStaging:
 
     async def remove_chunk(self, session_id: str, file_name: str) -> None:
         path = self.session_dir(session_id) / Path(file_name).name
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(self._unlink_counted, path)
 
     async def remove_temp(self, staged: StagedFile) -> None:
         path = self.incoming_dir / Path(staged.file_name).name
-        await asyncio.to_thread(path.unlink, missing_ok=True)
+        await asyncio.to_thread(self._unlink_counted, path)
 
     async def remove_session(self, session_id: str) -> None:
-        await asyncio.to_thread(shutil.rmtree, self.session_dir(session_id), True)
+        directory = self.session_dir(session_id)
+
+        def remove() -> None:
+            size_bytes = _tree_bytes(directory)
+            shutil.rmtree(directory, ignore_errors=True)
+            self.release(size_bytes - _tree_bytes(directory))
+
+        await asyncio.to_thread(remove)
 
     def open_assembled(self, session_id: str, chunks: Sequence[StoredChunk]) -> BinaryIO:
         directory = self.session_dir(session_id)
@@ -221,6 +306,41 @@ class ConcatenatedReader(io.RawIOBase):
     def close(self) -> None:
         self._close_fd()
         super().close()
+
+
+def _tree_bytes(directory: Path) -> int:
+    total = 0
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        total += _tree_bytes(Path(entry.path))
+                    elif entry.is_file(follow_symlinks=False):
+                        total += entry.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:
+                    continue
+    except FileNotFoundError:
+        return 0
+    return total
+
+
+def _entries(directory: Path) -> list[StagingEntry]:
+    found = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                modified_at = datetime.fromtimestamp(stat.st_mtime, UTC)
+                found.append(StagingEntry(entry.name, stat.st_size, modified_at))
+    except FileNotFoundError:
+        return []
+    return found
 
 
 def _translate(error: OSError) -> Exception:

@@ -49,6 +49,13 @@ class SessionStore(Protocol):
         within `max_session_bytes`; returns the record it replaced."""
         ...
 
+    async def create_within_limit(
+        self, session: UploadSession, *, max_open: int, now: datetime
+    ) -> bool:
+        """Create the session unless its owner has `max_open` open (uploading or
+        completing) sessions already; False when refused."""
+        ...
+
     async def claim_completion(
         self, session_id: str, *, now: datetime, lease_expires_at: datetime
     ) -> bool:

@@ -34,6 +34,7 @@ from app.errors import (
     SessionNotCompletable,
     SessionNotFound,
     SizeMismatch,
+    TooManyOpenSessions,
     UnsupportedAudio,
     ValidationFailed,
 )
@@ -96,6 +97,7 @@ class UploadPolicy:
     key_prefix: str
     part_size_bytes: int
     part_concurrency: int
+    max_open_sessions_per_user: int = 0  # 0: no limit
 
 
 class UploadService:
@@ -149,7 +151,11 @@ class UploadService:
             sha256=request.sha256.lower() if request.sha256 else None,
             content_type=request.content_type,
         )
-        await self.store.create(session)
+        limit = policy.max_open_sessions_per_user
+        if not limit:
+            await self.store.create(session)
+        elif not await self.store.create_within_limit(session, max_open=limit, now=now):
+            raise TooManyOpenSessions(details={"max_open_sessions": limit})
         log.info(
             "upload.session_created",
             session_id=session.id,

@@ -1,0 +1,311 @@
+"""The janitor: expiry and clean-up, as plain one-pass functions plus a thin loop.
+
+* `sweep_expired` marks sessions idle past their expiry `expired` (their records stay
+  for `EXPIRED_RETENTION_SECONDS`, so clients get 410, then are purged), deletes their
+  staged data and aborts any multipart upload they name; completions whose lease lapsed
+  more than the grace period ago are released back to `uploading` (the client may retry)
+  and their multipart upload aborted.
+* `remove_orphan_staging` deletes what no open session owns: directories of closed or
+  unknown sessions, chunk files no record names (a crash between rename and commit),
+  and temp files under `incoming/` (a crash mid-chunk).
+* `abort_orphan_multipart_uploads` aborts multipart uploads under the service's prefix
+  that no open session names (a crash mid-complete).
+
+Invariants: every state change is a guarded SQL update, and every delete or abort is
+idempotent, so several replicas may run passes at once. Anything that could belong to
+a request in flight (a temp file, an unrecorded chunk file, a fresh multipart upload)
+is only touched once older than the grace period, which must exceed the longest time a
+single request may take. Functions take `now`, so tests move the clock instead of waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Collection
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from app.container import Container
+from app.errors import ServiceError
+from app.storage.s3 import PendingMultipartUpload
+from app.storage.staging import StagingEntry
+from app.uploads.models import SessionState, UploadSession, utc_now
+
+log = structlog.get_logger(__name__)
+
+BATCH_SIZE = 500
+MAX_BATCHES_PER_PASS = 100
+
+
+class JanitorStore(Protocol):
+    async def list_stale_sessions(
+        self, *, now: datetime, lease_lapsed_before: datetime, limit: int
+    ) -> list[UploadSession]: ...
+
+    async def expire_session(self, session_id: str, *, now: datetime) -> UploadSession | None: ...
+
+    async def release_stale_completion(
+        self, session_id: str, *, now: datetime, lease_lapsed_before: datetime
+    ) -> UploadSession | None: ...
+
+    async def open_session_ids(self, session_ids: Collection[str]) -> set[str]: ...
+
+    async def chunk_file_names(self, session_ids: Collection[str]) -> set[tuple[str, str]]: ...
+
+    async def open_multipart_upload_ids(self) -> set[str]: ...
+
+    async def purge_closed_sessions(self, *, updated_before: datetime, limit: int) -> int: ...
+
+
+class JanitorStaging(Protocol):
+    async def list_incoming(self) -> list[StagingEntry]: ...
+
+    async def list_session_dirs(self) -> list[str]: ...
+
+    async def list_session_files(self, session_id: str) -> list[StagingEntry]: ...
+
+    async def remove_incoming(self, name: str) -> None: ...
+
+    async def remove_chunk(self, session_id: str, file_name: str) -> None: ...
+
+    async def remove_session(self, session_id: str) -> None: ...
+
+    async def refresh_usage(self) -> int: ...
+
+
+class JanitorObjects(Protocol):
+    async def list_multipart_uploads(self, prefix: str) -> list[PendingMultipartUpload]: ...
+
+    async def abort(self, key: str, upload_id: str) -> None: ...
+
+
+@dataclass
+class JanitorReport:
+    expired_sessions: int = 0
+    released_completions: int = 0
+    purged_sessions: int = 0
+    removed_incoming_files: int = 0
+    removed_session_dirs: int = 0
+    removed_chunk_files: int = 0
+    aborted_multipart_uploads: int = 0
+    staging_bytes: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- passes
+async def sweep_expired(
+    store: JanitorStore,
+    staging: JanitorStaging,
+    objects: JanitorObjects,
+    *,
+    now: datetime,
+    grace_seconds: float,
+    retention_seconds: float,
+    report: JanitorReport | None = None,
+) -> JanitorReport:
+    report = report or JanitorReport()
+    lease_lapsed_before = now - timedelta(seconds=grace_seconds)
+    for _ in range(MAX_BATCHES_PER_PASS):
+        stale = await store.list_stale_sessions(
+            now=now, lease_lapsed_before=lease_lapsed_before, limit=BATCH_SIZE
+        )
+        for session in stale:
+            if session.state is SessionState.COMPLETING:
+                released = await store.release_stale_completion(
+                    session.id, now=now, lease_lapsed_before=lease_lapsed_before
+                )
+                if released is None:
+                    continue
+                report.released_completions += 1
+                log.info("janitor.completion_released", session_id=session.id)
+                await _abort_quietly(objects, released.object_key, released.multipart_upload_id)
+                if released.expires_at > now:
+                    continue
+            expired = await store.expire_session(session.id, now=now)
+            if expired is None:
+                continue
+            report.expired_sessions += 1
+            log.info("janitor.session_expired", session_id=session.id)
+            await staging.remove_session(session.id)
+            await _abort_quietly(objects, expired.object_key, expired.multipart_upload_id)
+        if len(stale) < BATCH_SIZE:
+            break
+    updated_before = now - timedelta(seconds=retention_seconds)
+    for _ in range(MAX_BATCHES_PER_PASS):
+        purged = await store.purge_closed_sessions(updated_before=updated_before, limit=BATCH_SIZE)
+        report.purged_sessions += purged
+        if purged < BATCH_SIZE:
+            break
+    return report
+
+
+async def remove_stale_incoming(
+    staging: JanitorStaging,
+    *,
+    now: datetime,
+    grace_seconds: float,
+    report: JanitorReport | None = None,
+) -> JanitorReport:
+    """Temp files of chunk requests that died (a crash, a kill) before finishing."""
+    report = report or JanitorReport()
+    cutoff = now - timedelta(seconds=grace_seconds)
+    for entry in await staging.list_incoming():
+        if entry.modified_at < cutoff:
+            await staging.remove_incoming(entry.name)
+            report.removed_incoming_files += 1
+    return report
+
+
+async def remove_orphan_staging(
+    store: JanitorStore,
+    staging: JanitorStaging,
+    *,
+    now: datetime,
+    grace_seconds: float,
+    report: JanitorReport | None = None,
+) -> JanitorReport:
+    report = await remove_stale_incoming(
+        staging, now=now, grace_seconds=grace_seconds, report=report
+    )
+    cutoff = now - timedelta(seconds=grace_seconds)
+    session_ids = await staging.list_session_dirs()
+    open_ids = await store.open_session_ids(session_ids)
+    for session_id in session_ids:
+        if session_id not in open_ids:
+            # Closed, purged or never known: nothing will ever read these chunks.
+            await staging.remove_session(session_id)
+            report.removed_session_dirs += 1
+    recorded = await store.chunk_file_names(open_ids)
+    for session_id in open_ids:
+        for entry in await staging.list_session_files(session_id):
+            # A young unrecorded file may be a chunk whose record is being committed.
+            if (session_id, entry.name) not in recorded and entry.modified_at < cutoff:
+                await staging.remove_chunk(session_id, entry.name)
+                report.removed_chunk_files += 1
+    return report
+
+
+async def abort_orphan_multipart_uploads(
+    store: JanitorStore,
+    objects: JanitorObjects,
+    *,
+    key_prefix: str,
+    now: datetime,
+    grace_seconds: float,
+    report: JanitorReport | None = None,
+) -> JanitorReport:
+    report = report or JanitorReport()
+    prefix = f"{key_prefix.strip('/')}/" if key_prefix.strip("/") else ""
+    cutoff = now - timedelta(seconds=grace_seconds)
+    # A completion names its upload right after starting it; the grace covers the gap.
+    candidates = [
+        upload
+        for upload in await objects.list_multipart_uploads(prefix)
+        if upload.initiated_at < cutoff
+    ]
+    if not candidates:
+        return report
+    named = await store.open_multipart_upload_ids()
+    for upload in candidates:
+        if upload.upload_id in named:
+            continue
+        if await _abort_quietly(objects, upload.key, upload.upload_id):
+            report.aborted_multipart_uploads += 1
+            log.info("janitor.multipart_aborted", key=upload.key, upload_id=upload.upload_id)
+    return report
+
+
+async def run_pass(container: Container, *, now: datetime | None = None) -> JanitorReport:
+    """One full pass with the service's settings: what the loop and the command run."""
+    settings = container.settings
+    now = now or utc_now()
+    report = await sweep_expired(
+        container.store,
+        container.staging,
+        container.objects,
+        now=now,
+        grace_seconds=settings.orphan_grace_seconds,
+        retention_seconds=settings.expired_retention_seconds,
+    )
+    await remove_orphan_staging(
+        container.store,
+        container.staging,
+        now=now,
+        grace_seconds=settings.orphan_grace_seconds,
+        report=report,
+    )
+    await abort_orphan_multipart_uploads(
+        container.store,
+        container.objects,
+        key_prefix=settings.s3_key_prefix,
+        now=now,
+        grace_seconds=settings.orphan_grace_seconds,
+        report=report,
+    )
+    report.staging_bytes = await container.staging.refresh_usage()
+    log.info("janitor.pass_finished", **report.as_dict())
+    return report
+
+
+async def _abort_quietly(objects: JanitorObjects, key: str | None, upload_id: str | None) -> bool:
+    if not key or not upload_id:
+        return False
+    try:
+        await objects.abort(key, upload_id)
+    except ServiceError:
+        # Already gone (another replica) or S3 down: the orphan pass retries later.
+        return False
+    return True
+
+
+# ------------------------------------------------------------------------------- loop
+class JanitorLoop:
+    """Runs `run_pass` every `JANITOR_INTERVAL_SECONDS` while the service runs.
+    At start-up it first removes stale temp files left by a crash."""
+
+    def __init__(self, container: Container) -> None:
+        self._container = container
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> JanitorLoop:
+        self._task = asyncio.create_task(self._run(), name="janitor")
+        return self
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None
+
+    async def _run(self) -> None:
+        container = self._container
+        interval_seconds = container.settings.janitor_interval_seconds
+        await self._guarded(
+            remove_stale_incoming(
+                container.staging,
+                now=utc_now(),
+                grace_seconds=container.settings.orphan_grace_seconds,
+            )
+        )
+        if interval_seconds <= 0:
+            return
+        while True:
+            await self._guarded(run_pass(container))
+            # Jitter keeps replicas started together from sweeping in lock-step.
+            await asyncio.sleep(interval_seconds * random.uniform(0.9, 1.1))
+
+    @staticmethod
+    async def _guarded(work: Any) -> None:
+        try:
+            await work
+        except Exception as error:  # a failed pass must not end the loop
+            log.warning("janitor.pass_failed", error_type=type(error).__name__, exc_info=True)
