@@ -3,11 +3,14 @@ mid-body: for crash (kill -9), shutdown (SIGTERM) and stalled-client tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import socketserver
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -196,3 +199,61 @@ def make_wav(path: Path, seconds: float) -> bytes:
         check=True,
     )
     return path.read_bytes()
+
+
+class HoldingProxy:
+    """A loopback TCP proxy that stops forwarding a connection at the first request
+    containing `pattern` (e.g. S3's `partNumber=`), until released: a completion
+    frozen mid-way, for a kill -9 at a known moment."""
+
+    def __init__(self, target_url: str, pattern: bytes) -> None:
+        parsed = httpx.URL(target_url)
+        self.target = (parsed.host, parsed.port or 80)
+        self.pattern = pattern
+        self.held = 0
+        self.release = threading.Event()
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                proxy._serve(self.request)
+
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _serve(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(self.target)
+        except OSError:
+            return
+        back = threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True)
+        back.start()
+        self._pump(client, upstream, True)
+        back.join(timeout=5)
+
+    def _pump(self, source: socket.socket, target: socket.socket, inspect: bool) -> None:
+        tail = b""
+        try:
+            while data := source.recv(65536):
+                if inspect and not self.release.is_set() and self.pattern in tail + data:
+                    self.held += 1
+                    self.release.wait()
+                    return
+                target.sendall(data)
+                tail = data[-256:]
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
