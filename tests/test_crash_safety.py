@@ -88,11 +88,15 @@ class Client:
         assert response.status_code == 200, response.text
         return dict(response.json()["data"])
 
-    def send_partial(self, session_id: str, index: int, data: bytes, share: float) -> socket.socket:
+    def send_partial(
+        self, session_id: str, index: int, data: bytes, share: float
+    ) -> tuple[socket.socket, bytes]:
+        """Send the head and `share` of the body; returns the socket and the rest."""
         head, body = chunk_request("127.0.0.1", self.token, session_id, index, data)
         sock = socket.create_connection(("127.0.0.1", self.service.port))
-        sock.sendall(head + body[: int(len(body) * share)])
-        return sock
+        cut = int(len(body) * share)
+        sock.sendall(head + body[:cut])
+        return sock, body[cut:]
 
 
 def _object_sha256(s3, bucket: str, key: str) -> str:
@@ -111,7 +115,7 @@ def test_kill_9_mid_chunk_then_resume(keypair, s3_server, s3, bucket, sqlite, tm
         assert client.chunk(session_id, 0, chunks[0]).status_code == 200
         assert client.chunk(session_id, 2, chunks[2]).status_code == 200
         # Chunk 1 is three quarters written (past the first flush to disk) when killed.
-        stalled = client.send_partial(session_id, 1, chunks[1], 0.75)
+        stalled, _ = client.send_partial(session_id, 1, chunks[1], 0.75)
         wait_until(
             lambda: staged_files(staging, "incoming"), timeout_seconds=30, what="a temp file"
         )
