@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from app.janitor import run_pass
 from app.main import create_app
@@ -24,8 +25,11 @@ TTL_SECONDS = 3600
 GRACE_SECONDS = 600
 
 
-def _uploads_under(s3, bucket: str, prefix: str = "") -> list[dict]:
-    return s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])
+def _uploads_under(s3, bucket: str, prefix: str = "") -> list[dict[str, Any]]:
+    uploads: list[dict[str, Any]] = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get(
+        "Uploads", []
+    )
+    return uploads
 
 
 async def test_one_pass_reclaims_orphans_then_expires_idle_sessions(
