@@ -101,6 +101,7 @@ async def attempt_delivery(
         "status_code": result.status_code,
         "error": result.error,
         "duration_seconds": round(duration_seconds, 3),
+        "worker": worker,
     }
     if outcome is AttemptOutcome.DELIVERED:
         log.info("notify.delivered", **fields)
