@@ -86,6 +86,11 @@ async def test_completion_is_delivered_inline_with_every_field_and_a_valid_signa
         assert payload["sha256"] == sha256(audio_wav)
         assert payload["content_type"] == data["content_type"]
         assert payload["occurred_at"].endswith("+00:00")
+        # Audio facts found at completion travel with the event too.
+        assert "duration_seconds" in data
+        for name, value in data.items():
+            if name != "file_path_on_upload_service":
+                assert payload[name] == value, name
 
         outbox = app.state.container.outbox
         record = await outbox.get(got.event_id)
