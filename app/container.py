@@ -10,6 +10,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keys import key_source_from
 from app.auth.tokens import TokenVerifier
+from app.notify.delivery import OutboxNotifier
+from app.notify.outbox import SqlOutbox
+from app.notify.wiring import build_notifier
 from app.settings import Settings
 from app.storage.database import create_engine, migrate
 from app.storage.s3 import S3MultipartStore
@@ -29,6 +32,9 @@ class Container:
     uploads: UploadService
     verifier: TokenVerifier
     stack: AsyncExitStack
+    # --- main-service notification (None when MAIN_SERVICE_NOTIFY_URL is unset)
+    outbox: SqlOutbox | None = None
+    notifier: OutboxNotifier | None = None
 
     async def close(self) -> None:
         await self.stack.aclose()
@@ -69,7 +75,10 @@ def policy_from(settings: Settings) -> UploadPolicy:
     )
 
 
-async def build_container(settings: Settings, verifier: TokenVerifier) -> Container:
+async def build_container(
+    settings: Settings, verifier: TokenVerifier, *, background_loops: bool = True
+) -> Container:
+    """All parts, opened. `background_loops=False` for one-off commands: no delivery loop."""
     stack = AsyncExitStack()
     try:
         staging = DiskStaging(
@@ -86,8 +95,14 @@ async def build_container(settings: Settings, verifier: TokenVerifier) -> Contai
         await objects.open()
         stack.push_async_callback(objects.close)
         store = SqlSessionStore(engine)
+        notifier = await build_notifier(settings, engine, stack, start_loop=background_loops)
         uploads = UploadService(
-            store, staging, objects, policy_from(settings), inspect_audio=audio_inspector(settings)
+            store,
+            staging,
+            objects,
+            policy_from(settings),
+            inspect_audio=audio_inspector(settings),
+            notifier=notifier,
         )
     except BaseException:
         await stack.aclose()
@@ -101,4 +116,6 @@ async def build_container(settings: Settings, verifier: TokenVerifier) -> Contai
         uploads=uploads,
         verifier=verifier,
         stack=stack,
+        outbox=SqlOutbox(engine),
+        notifier=notifier,
     )

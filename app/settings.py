@@ -107,6 +107,18 @@ class Settings(BaseSettings):
     main_service_notify_url: str | None = None
     main_service_notify_secret: SecretStr | None = None
     notify_max_attempts: int = Field(default=12, ge=1, le=1000)
+    notify_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=120, description="per attempt of the background loop"
+    )
+    notify_inline_timeout_seconds: float = Field(
+        default=3.0, gt=0, le=60, description="the first attempt, inside /upload/complete"
+    )
+    notify_poll_interval_seconds: float = Field(
+        default=1.0, gt=0, le=300, description="how often the loop looks for due events"
+    )
+    notify_delivery_loop: bool = Field(
+        default=True, description="false: this process only writes events and tries inline"
+    )
 
     # --- clean-up, abuse limits and shutdown ---------------------------------------
     janitor_interval_seconds: float = Field(

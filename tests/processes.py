@@ -144,13 +144,17 @@ def chunk_request(
     """The head and body of a `POST /upload/chunk`, to send piece by piece."""
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="upload_session_id"\r\n\r\n'
-        f"{session_id}\r\n"
-        f'--{boundary}\r\nContent-Disposition: form-data; name="chunk_index"\r\n\r\n'
-        f"{index}\r\n"
-        f'--{boundary}\r\nContent-Disposition: form-data; name="chunk"; filename="blob"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="upload_session_id"\r\n\r\n'
+            f"{session_id}\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="chunk_index"\r\n\r\n'
+            f"{index}\r\n"
+            f'--{boundary}\r\nContent-Disposition: form-data; name="chunk"; filename="blob"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     head = (
         f"POST /upload/chunk HTTP/1.1\r\nHost: {host}\r\n"
         f"Authorization: Bearer {token}\r\n"

@@ -175,4 +175,3 @@ def test_admin_command_runs_one_pass(keypair, s3_server, bucket, database, tmp_p
     report = json.loads(result.stdout.decode().strip().splitlines()[-1])
     assert report["removed_incoming_files"] == 1
     assert not stale.exists()
-

@@ -108,7 +108,7 @@ class StateStore:
     def save(self, state: UploadState) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         target = self.path_for(state.identity)
-        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        fd, temp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json.part")
         try:
             with os.fdopen(fd, "w") as out:
                 out.write(state.to_json())

@@ -16,9 +16,10 @@ from sqlalchemy import and_, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from app.notify.outbox import insert_event
 from app.storage.tables import upload_chunks, upload_sessions
 from app.uploads.models import SessionState, StoredChunk, UploadSession
-from app.uploads.ports import ChunkRecordOutcome, ChunkRecordResult
+from app.uploads.ports import ChunkRecordOutcome, ChunkRecordResult, OutboxEvent
 
 S = upload_sessions.c
 C = upload_chunks.c
@@ -148,10 +149,15 @@ class SqlSessionStore:
             )
 
     async def finish_completion(
-        self, session_id: str, *, now: datetime, result: dict[str, Any]
+        self,
+        session_id: str,
+        *,
+        now: datetime,
+        result: dict[str, Any],
+        event: OutboxEvent | None = None,
     ) -> None:
         async with self.engine.begin() as conn:
-            await conn.execute(
+            finished = await conn.execute(
                 update(upload_sessions)
                 .where(S.id == session_id, S.state == SessionState.COMPLETING.value)
                 .values(
@@ -162,6 +168,9 @@ class SqlSessionStore:
                     multipart_upload_id=None,
                 )
             )
+            # The event commits with the state change or not at all.
+            if event is not None and finished.rowcount == 1:
+                await insert_event(conn, event)
 
     async def release_completion(self, session_id: str, *, now: datetime) -> None:
         async with self.engine.begin() as conn:

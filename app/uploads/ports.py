@@ -67,9 +67,15 @@ class SessionStore(Protocol):
     ) -> None: ...
 
     async def finish_completion(
-        self, session_id: str, *, now: datetime, result: dict[str, Any]
+        self,
+        session_id: str,
+        *,
+        now: datetime,
+        result: dict[str, Any],
+        event: OutboxEvent | None = None,
     ) -> None:
-        """completing -> completed, storing the result (and, later, its outbox event)."""
+        """completing -> completed, storing the result and, when given, its outbox event,
+        in one transaction: a completed session always has its event, and vice versa."""
         ...
 
     async def release_completion(self, session_id: str, *, now: datetime) -> None:
@@ -140,3 +146,32 @@ class MultipartObjectStore(Protocol):
     def bucket(self) -> str: ...
 
     async def check(self) -> None: ...
+
+
+# --- main-service notification ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """An event for the main service, written in the transaction that completes a session.
+    `payload` is the JSON body, identical on every delivery attempt."""
+
+    event_id: str
+    event_type: str
+    upload_session_id: str
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+
+class CompletionNotifier(Protocol):
+    """Delivers outbox events to the main service. Never raises for delivery failures:
+    an event that cannot be sent now stays due and the background loop retries it."""
+
+    async def attempt_now(self, event_id: str) -> bool:
+        """One immediate attempt if the event is due and no one else holds it;
+        True once the event is delivered (now or earlier)."""
+        ...
+
+    async def session_event(self, session_id: str) -> str | None:
+        """The id of the session's completion event, if one was written."""
+        ...

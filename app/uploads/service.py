@@ -6,7 +6,9 @@ Invariants:
   its record commits only while the session is still uploading, so a completion never
   reads a chunk that changes under it;
 * exactly one request at a time holds a session in `completing` (a lease in the store);
-* a failed completion leaves the session completable and nothing in the bucket.
+* a failed completion leaves the session completable and nothing in the bucket;
+* with a notifier, a session becomes completed in the same transaction that writes its
+  `upload.completed` outbox event, so the main service hears of every stored file.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ from app.uploads.ports import (
     ChunkRecordOutcome,
     ChunkStaging,
     ChunkWriter,
+    CompletionNotifier,
     MultipartObjectStore,
+    OutboxEvent,
     SessionStore,
 )
 
@@ -110,6 +114,7 @@ class UploadService:
         *,
         inspect_audio: AudioInspector | None = None,
         clock: Callable[[], datetime] = utc_now,
+        notifier: CompletionNotifier | None = None,
     ) -> None:
         self.store = store
         self.staging = staging
@@ -117,6 +122,7 @@ class UploadService:
         self.policy = policy
         self._inspect_audio = inspect_audio
         self._clock = clock
+        self._notifier = notifier
 
     # ----------------------------------------------------------------------- init
     async def init(self, principal: Principal, request: InitRequest) -> UploadSession:
@@ -242,7 +248,7 @@ class UploadService:
         now = self._clock()
         finished = self._finished_outcome(session, now)
         if finished is not None:
-            return finished
+            return await self._with_notification_state(session.id, finished)
         if request.total_chunks > self.policy.max_chunks:
             raise ValidationFailed(f"total_chunks must be at most {self.policy.max_chunks}.")
         if session.total_chunks is not None and request.total_chunks != session.total_chunks:
@@ -271,7 +277,7 @@ class UploadService:
             if current is not None:
                 outcome = self._finished_outcome(current, self._clock())
                 if outcome is not None:
-                    return outcome
+                    return await self._with_notification_state(session.id, outcome)
             raise CompletionInProgress()
         # Chunks cannot change any more: re-read the records we now own.
         chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
@@ -281,12 +287,72 @@ class UploadService:
         except BaseException:
             await asyncio.shield(self.store.release_completion(session.id, now=self._clock()))
             raise
-        await self.store.finish_completion(session.id, now=self._clock(), result=result)
-        await self.staging.remove_session(session.id)
-        log.info(
-            "upload.completed", session_id=session.id, key=result["key"], size_bytes=result["size"]
+        finished_at = self._clock()
+        event = (
+            self._completed_event(session, result, finished_at)
+            if self._notifier is not None
+            else None
         )
-        return CompletionOutcome(result=result, notified=True)
+        await self.store.finish_completion(session.id, now=finished_at, result=result, event=event)
+        await self.staging.remove_session(session.id)
+        notified = True
+        if event is not None and self._notifier is not None:
+            notified = await self._notifier.attempt_now(event.event_id)
+        log.info(
+            "upload.completed",
+            session_id=session.id,
+            key=result["key"],
+            size_bytes=result["size"],
+            notified=notified,
+        )
+        return CompletionOutcome(result=result, notified=notified)
+
+    @staticmethod
+    def _completed_event(
+        session: UploadSession, result: dict[str, Any], now: datetime
+    ) -> OutboxEvent:
+        """The `upload.completed` event: the contract's fields, then any audio facts
+        (duration_seconds, codec, ...) the completion found."""
+        event_id = str(uuid.uuid4())
+        payload: dict[str, Any] = {
+            "event_id": event_id,
+            "event": "upload.completed",
+            "occurred_at": now.isoformat(),
+            "upload_session_id": session.id,
+            "main_service_file_id": session.main_service_file_id,
+            "user_id": session.owner_sub,
+            "original_file_name": session.original_file_name,
+            "bucket": result["bucket"],
+            "key": result["key"],
+            "url": result["file_path_on_upload_service"],
+            "size": result["size"],
+            "sha256": result["sha256"],
+            "content_type": result["content_type"],
+        }
+        for name, value in result.items():
+            if name != "file_path_on_upload_service" and name not in payload:
+                payload[name] = value
+        return OutboxEvent(
+            event_id=event_id,
+            event_type="upload.completed",
+            upload_session_id=session.id,
+            occurred_at=now,
+            payload=payload,
+        )
+
+    async def _with_notification_state(
+        self, session_id: str, outcome: CompletionOutcome
+    ) -> CompletionOutcome:
+        """A repeated complete: the stored result, and whether the main service has it.
+        An event still pending gets one more attempt if it is due; a delivered one is
+        never sent again."""
+        if self._notifier is None:
+            return outcome
+        event_id = await self._notifier.session_event(session_id)
+        if event_id is None:  # completed while notifications were switched off
+            return outcome
+        notified = await self._notifier.attempt_now(event_id)
+        return replace(outcome, notified=notified)
 
     async def _assemble(
         self, session: UploadSession, chunks: Sequence[StoredChunk], expected_sha256: str | None
