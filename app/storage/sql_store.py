@@ -155,7 +155,7 @@ class SqlSessionStore:
         now: datetime,
         result: dict[str, Any],
         event: OutboxEvent | None = None,
-    ) -> None:
+    ) -> bool:
         async with self.engine.begin() as conn:
             finished = await conn.execute(
                 update(upload_sessions)
@@ -171,6 +171,7 @@ class SqlSessionStore:
             # The event commits with the state change or not at all.
             if event is not None and finished.rowcount == 1:
                 await insert_event(conn, event)
+            return bool(finished.rowcount == 1)
 
     async def release_completion(self, session_id: str, *, now: datetime) -> None:
         async with self.engine.begin() as conn:

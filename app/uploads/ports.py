@@ -73,7 +73,7 @@ class SessionStore(Protocol):
         now: datetime,
         result: dict[str, Any],
         event: OutboxEvent | None = None,
-    ) -> None:
+    ) -> bool:
         """completing -> completed, storing the result and, when given, its outbox event,
         in one transaction: a completed session always has its event, and vice versa."""
         ...

@@ -293,7 +293,19 @@ class UploadService:
             if self._notifier is not None
             else None
         )
-        await self.store.finish_completion(session.id, now=finished_at, result=result, event=event)
+        committed = await self.store.finish_completion(
+            session.id, now=finished_at, result=result, event=event
+        )
+        if not committed:
+            # Our lease lapsed and the session was taken from us (released by the janitor
+            # or claimed by a retry). Its chunks are not ours to delete; the stored result,
+            # if any, is the answer.
+            current = await self.store.get(session.id)
+            if current is not None:
+                outcome = self._finished_outcome(current, self._clock())
+                if outcome is not None:
+                    return await self._with_notification_state(session.id, outcome)
+            raise CompletionInProgress()
         await self.staging.remove_session(session.id)
         notified = True
         if event is not None and self._notifier is not None:

@@ -259,3 +259,50 @@ async def test_complete_of_other_users_session_is_404(api: UploadApi, audio_wav:
     assert_error(
         await api.complete("6f1c9d8e-7a55-4c1e-9f4e-0d2b1a3c5e7f", 1), 404, "session_not_found"
     )
+
+
+async def test_a_completion_that_lost_its_lease_keeps_the_chunks(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    s3_server: LocalS3Server,
+    s3: Any,
+    audio_wav: bytes,
+) -> None:
+    """If the session was taken away mid-completion (lease lapsed, janitor released it),
+    the late completion must not commit nor delete the chunks: a retry finishes."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.processes import HoldingProxy, wait_until
+
+    proxy = HoldingProxy(s3_server.endpoint_url, b"partNumber=")
+    settings = settings_factory(s3_endpoint_url=proxy.url)
+    try:
+        async with running(create_app(settings)) as http:
+            api = UploadApi(http, keypair)
+            container = http._transport.app.state.container  # type: ignore[attr-defined]
+            session_id = await api.session()
+            chunks = split(audio_wav, 100_000)
+            await api.send_all(session_id, chunks)
+            late = asyncio.create_task(api.complete(session_id, len(chunks)))
+            await asyncio.to_thread(
+                wait_until,
+                lambda: proxy.held >= 1,
+                timeout_seconds=30,
+                what="the part upload to be held",
+            )
+            later = datetime.now(UTC) + timedelta(days=1)
+            taken = await container.store.release_stale_completion(
+                session_id, now=later, lease_lapsed_before=later
+            )
+            assert taken is not None
+            proxy.release.set()
+            assert_error(await late, 409, "completion_in_progress")
+            status = (await api.status(session_id)).json()["data"]
+            assert status["state"] == "uploading"
+            assert status["received_chunks"] == list(range(len(chunks)))
+            retried = await api.complete(session_id, len(chunks))
+            assert retried.status_code == 200, retried.text
+            key = retried.json()["data"]["key"]
+    finally:
+        proxy.stop()
+    assert s3.get_object(Bucket=settings.s3_bucket_name, Key=key)["Body"].read() == audio_wav
