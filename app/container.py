@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keys import key_source_from
 from app.auth.tokens import TokenVerifier
+from app.metrics import Metrics
 from app.settings import Settings
 from app.storage.database import create_engine, migrate
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
+from app.storage.stats import count_sessions_by_state, staging_bytes
 from app.uploads.audio import AudioFacts, inspect_audio
 from app.uploads.service import AudioInspector, UploadPolicy, UploadService
 
@@ -29,6 +31,7 @@ class Container:
     uploads: UploadService
     verifier: TokenVerifier
     stack: AsyncExitStack
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def close(self) -> None:
         await self.stack.aclose()
@@ -68,7 +71,10 @@ def policy_from(settings: Settings) -> UploadPolicy:
     )
 
 
-async def build_container(settings: Settings, verifier: TokenVerifier) -> Container:
+async def build_container(
+    settings: Settings, verifier: TokenVerifier, metrics: Metrics | None = None
+) -> Container:
+    metrics = metrics or Metrics()
     stack = AsyncExitStack()
     try:
         staging = DiskStaging(settings.local_temp_chunk_path, fsync=settings.staging_fsync)
@@ -77,7 +83,7 @@ async def build_container(settings: Settings, verifier: TokenVerifier) -> Contai
         stack.push_async_callback(engine.dispose)
         if settings.auto_migrate:
             await migrate(engine, schema=settings.database_schema)
-        objects = S3MultipartStore(settings)
+        objects = S3MultipartStore(settings, on_error=metrics.count_s3_error)
         await objects.open()
         stack.push_async_callback(objects.close)
         store = SqlSessionStore(engine)
@@ -87,7 +93,7 @@ async def build_container(settings: Settings, verifier: TokenVerifier) -> Contai
     except BaseException:
         await stack.aclose()
         raise
-    return Container(
+    container = Container(
         settings=settings,
         engine=engine,
         store=store,
@@ -96,4 +102,27 @@ async def build_container(settings: Settings, verifier: TokenVerifier) -> Contai
         uploads=uploads,
         verifier=verifier,
         stack=stack,
+        metrics=metrics,
+    )
+    register_gauges(container)
+    return container
+
+
+def register_gauges(container: Container) -> None:
+    """Gauges read from the database and the disk at scrape time. Other parts (the
+    notification outbox) add theirs with `container.metrics.add_gauge_provider`."""
+    metrics, engine, staging = container.metrics, container.engine, container.staging
+
+    async def sessions() -> dict[tuple[str, ...], float]:
+        counts = await count_sessions_by_state(engine)
+        return {(state.value,): float(count) for state, count in counts.items()}
+
+    async def staged() -> dict[tuple[str, ...], float]:
+        return {(): float(await staging_bytes(staging.incoming_dir, staging.sessions_dir))}
+
+    metrics.add_gauge_provider(
+        "upload_sessions", "Upload sessions by state.", sessions, labels=("state",)
+    )
+    metrics.add_gauge_provider(
+        "upload_staging_bytes", "Bytes of chunks held in local staging.", staged
     )

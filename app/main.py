@@ -20,7 +20,9 @@ from app.api import health, uploads
 from app.api.envelope import install_error_handlers
 from app.api.schemas import ErrorEnvelope
 from app.container import build_container, build_verifier
+from app.http_edge import install_http_edge
 from app.logging import configure_logging
+from app.metrics import Metrics
 from app.settings import Settings, load_settings
 
 log = structlog.get_logger(__name__)
@@ -46,10 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     verifier = build_verifier(settings)  # a bad key stops start-up here, not at first use
+    metrics = Metrics() if settings.metrics_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        container = await build_container(settings, verifier)
+        container = await build_container(settings, verifier, metrics)
         app.state.container = container
         log.info(
             "service.started",
@@ -69,7 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(uploads.router)
     app.include_router(health.router)
+    app.state.metrics = metrics
 
+    install_http_edge(app, settings, metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request
 
 from app.api.chunk_form import read_chunk_form
@@ -65,6 +66,7 @@ async def upload_chunk(request: Request, principal: CurrentPrincipal, uploads: U
         raise ChunkTooLarge(details={"max_chunk_size": uploads.policy.max_chunk_size})
 
     async def check_session(session_id: str) -> None:
+        _bind_session(session_id)
         await uploads.check_can_receive(principal, _session_id(session_id))
 
     form = await read_chunk_form(request, uploads.new_chunk_writer, check_session)
@@ -80,6 +82,7 @@ async def upload_chunk(request: Request, principal: CurrentPrincipal, uploads: U
                 "Required form fields are missing.", details={"missing": missing}
             )
         session_id = _session_id(form.fields["upload_session_id"])
+        _bind_session(session_id)
         index = _chunk_index(form.fields["chunk_index"])
         chunk_sha256 = _optional_sha256(form.fields.get("chunk_sha256"))
     except BaseException:
@@ -100,6 +103,7 @@ async def upload_chunk(request: Request, principal: CurrentPrincipal, uploads: U
 
 @router.post("/complete", response_model=Envelope)
 async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+    _bind_session(str(body.upload_session_id))
     outcome = await uploads.complete(
         principal,
         CompleteRequest(
@@ -116,7 +120,7 @@ async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploa
 async def upload_status(
     upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
 ) -> Any:
-    view = await uploads.status(principal, _session_id_or_404(upload_session_id))
+    view = await uploads.status(principal, _bind_session(_session_id_or_404(upload_session_id)))
     return success("Upload session status.", _status_data(view))
 
 
@@ -124,7 +128,7 @@ async def upload_status(
 async def abort_upload(
     upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
 ) -> Any:
-    session = await uploads.abort(principal, _session_id_or_404(upload_session_id))
+    session = await uploads.abort(principal, _bind_session(_session_id_or_404(upload_session_id)))
     return success(
         "Upload session aborted.",
         {
@@ -150,6 +154,12 @@ def _status_data(view: SessionView) -> dict[str, Any]:
     if session.result is not None:
         data["result"] = session.result
     return data
+
+
+def _bind_session(session_id: str) -> str:
+    """Every later log line of this request, and its access-log event, carry the session."""
+    structlog.contextvars.bind_contextvars(session_id=session_id)
+    return session_id
 
 
 def _session_id(value: str) -> str:
