@@ -11,7 +11,7 @@ rewritten client is then no trusted proxy.
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -45,8 +45,9 @@ def install_http_edge(app: FastAPI, settings: Settings, metrics: Metrics | None)
     )
     if metrics is not None:
 
-        async def serve_metrics(_request: Request) -> Response:
+        async def serve_metrics() -> Response:
             await metrics.refresh()
             return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-        app.add_route("/metrics", serve_metrics, methods=["GET"], include_in_schema=False)
+        # An API route (not a bare Starlette one) so the router records its template.
+        app.add_api_route("/metrics", serve_metrics, methods=["GET"], include_in_schema=False)
