@@ -18,7 +18,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import health, uploads
 from app.api.envelope import install_error_handlers
-from app.api.schemas import ErrorEnvelope
 from app.container import build_container, build_verifier
 from app.http_edge import install_http_edge
 from app.logging import configure_logging
@@ -26,22 +25,6 @@ from app.metrics import Metrics
 from app.settings import Settings, load_settings
 
 log = structlog.get_logger(__name__)
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope, "description": description}
-    for status, description in {
-        401: "Missing or invalid bearer token",
-        403: "Token not allowed to do this",
-        404: "Unknown session (or another user's)",
-        409: "Conflict with the session's state",
-        410: "Session expired",
-        413: "Too large",
-        415: "Not supported audio",
-        422: "Invalid request",
-        503: "Storage unavailable",
-        507: "Staging storage full",
-    }.items()
-}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,9 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await container.close()
             log.info("service.stopped")
 
-    app = FastAPI(
-        title="Audio upload service", version="1.0.0", lifespan=lifespan, responses=ERROR_RESPONSES
-    )
+    # Error responses are documented per route (app.api.openapi_errors).
+    app = FastAPI(title="Audio upload service", version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(uploads.router)
     app.include_router(health.router)

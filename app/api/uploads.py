@@ -11,6 +11,14 @@ from fastapi import APIRouter, Request
 from app.api.chunk_form import read_chunk_form
 from app.api.deps import CurrentPrincipal, Uploads
 from app.api.envelope import success
+from app.api.openapi_errors import (
+    ABORT_ERRORS,
+    CHUNK_ERRORS,
+    COMPLETE_ERRORS,
+    INIT_ERRORS,
+    STATUS_ERRORS,
+    error_responses,
+)
 from app.api.schemas import CompleteBody, Envelope, InitBody
 from app.errors import ChunkTooLarge, SessionNotFound, ValidationFailed
 from app.uploads.models import CompleteRequest, InitRequest, SessionView
@@ -23,7 +31,7 @@ MESSAGE_QUEUED = "File upload completed; main service notification queued."
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
-@router.post("/init", response_model=Envelope)
+@router.post("/init", response_model=Envelope, responses=error_responses(*INIT_ERRORS))
 async def init_upload(body: InitBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
     session = await uploads.init(principal, InitRequest(**body.model_dump()))
     return success(
@@ -39,6 +47,7 @@ async def init_upload(body: InitBody, principal: CurrentPrincipal, uploads: Uplo
 @router.post(
     "/chunk",
     response_model=Envelope,
+    responses=error_responses(*CHUNK_ERRORS),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -101,7 +110,7 @@ async def upload_chunk(request: Request, principal: CurrentPrincipal, uploads: U
     )
 
 
-@router.post("/complete", response_model=Envelope)
+@router.post("/complete", response_model=Envelope, responses=error_responses(*COMPLETE_ERRORS))
 async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
     _bind_session(str(body.upload_session_id))
     outcome = await uploads.complete(
@@ -116,7 +125,9 @@ async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploa
     return success(MESSAGE_NOTIFIED if outcome.notified else MESSAGE_QUEUED, outcome.result)
 
 
-@router.get("/{upload_session_id}", response_model=Envelope)
+@router.get(
+    "/{upload_session_id}", response_model=Envelope, responses=error_responses(*STATUS_ERRORS)
+)
 async def upload_status(
     upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
 ) -> Any:
@@ -124,7 +135,9 @@ async def upload_status(
     return success("Upload session status.", _status_data(view))
 
 
-@router.delete("/{upload_session_id}", response_model=Envelope)
+@router.delete(
+    "/{upload_session_id}", response_model=Envelope, responses=error_responses(*ABORT_ERRORS)
+)
 async def abort_upload(
     upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
 ) -> Any:
