@@ -45,8 +45,8 @@ Responses = dict[int | str, dict[str, Any]]
 ALWAYS: tuple[type[ServiceError], ...] = (InternalError, NotReady)
 AUTHENTICATED: tuple[type[ServiceError], ...] = (InvalidToken, Forbidden, ValidationFailed)
 
-INIT_ERRORS = (*AUTHENTICATED, FileTooLarge, ChunkTooLarge)
-CHUNK_ERRORS = (
+INIT_ERRORS: tuple[type[ServiceError], ...] = (*AUTHENTICATED, FileTooLarge, ChunkTooLarge)
+CHUNK_ERRORS: tuple[type[ServiceError], ...] = (
     *AUTHENTICATED,
     SessionNotFound,
     SessionNotAcceptingChunks,
@@ -58,7 +58,7 @@ CHUNK_ERRORS = (
     ClientDisconnected,
     StagingFull,
 )
-COMPLETE_ERRORS = (
+COMPLETE_ERRORS: tuple[type[ServiceError], ...] = (
     *AUTHENTICATED,
     SessionNotFound,
     FileIdMismatch,
@@ -71,8 +71,8 @@ COMPLETE_ERRORS = (
     UnsupportedAudio,
     StorageUnavailable,
 )
-STATUS_ERRORS = (*AUTHENTICATED, SessionNotFound)
-ABORT_ERRORS = (
+STATUS_ERRORS: tuple[type[ServiceError], ...] = (*AUTHENTICATED, SessionNotFound)
+ABORT_ERRORS: tuple[type[ServiceError], ...] = (
     *AUTHENTICATED,
     SessionNotFound,
     SessionNotCompletable,
