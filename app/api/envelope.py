@@ -10,7 +10,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.errors import InternalError, MethodNotAllowed, NotFound, ServiceError, ValidationFailed
+from app.errors import (
+    InternalError,
+    MalformedBody,
+    MethodNotAllowed,
+    NotFound,
+    ServiceError,
+    ValidationFailed,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +67,10 @@ async def _on_http_error(_request: Request, error: Exception) -> JSONResponse:
         return error_response(NotFound())
     if error.status_code == 405:
         return error_response(MethodNotAllowed())
+    if error.status_code == 400:
+        # FastAPI's answer to a body it cannot even decode (e.g. JSON that is not UTF-8):
+        # to the client that is a malformed body like any other (422 in the contract).
+        return error_response(MalformedBody())
     message = str(error.detail) if error.detail else "The request failed."
     return JSONResponse(error_body("http_error", message), status_code=error.status_code)
 
