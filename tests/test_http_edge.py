@@ -4,14 +4,20 @@ JSON access log (one `http.request` event per request, session bound, no secrets
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from app.dev.keys import KeyPair
+from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
+from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server, free_port
 from app.main import create_app
 from app.settings import Settings
 from tests.support import UploadApi, split
@@ -113,6 +119,80 @@ async def test_forwarded_client_is_used_only_from_trusted_proxies(
     [event] = access_events(capsys.readouterr().err)
     assert event["client_ip"] == expected_ip
     assert event["scheme"] == expected_scheme
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("uvicorn_flags", "trusted", "expected_ip"),
+    [
+        # uvicorn told not to handle proxy headers: the app still does, for trusted peers.
+        (["--no-proxy-headers"], "127.0.0.1", "203.0.113.7"),
+        # uvicorn's defaults (it reads FORWARDED_ALLOW_IPS too): an untrusted peer is ignored.
+        ([], "10.9.9.9", "127.0.0.1"),
+    ],
+    ids=["trusted-without-uvicorn-proxy-headers", "untrusted-with-uvicorn-defaults"],
+)
+def test_a_real_uvicorn_process_trusts_only_configured_proxies(
+    s3_server: LocalS3Server,
+    bucket: str,
+    keypair: KeyPair,
+    tmp_path: Path,
+    uvicorn_flags: list[str],
+    trusted: str,
+    expected_ip: str,
+) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if k.isupper() and not k.startswith("S3_")},
+        "MAIN_SERVICE_JWT_PUBLIC_KEY": keypair.public_pem,
+        "EXPECTED_JWT_ISSUER": DEV_ISSUER,
+        "EXPECTED_JWT_AUDIENCE": DEV_AUDIENCE,
+        "S3_BUCKET_NAME": bucket,
+        "S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "S3_ACCESS_KEY": DEV_ACCESS_KEY,
+        "S3_SECRET_KEY": DEV_SECRET_KEY,
+        "LOCAL_TEMP_CHUNK_PATH": str(tmp_path / "staging"),
+        "LOG_LEVEL": "INFO",
+        "FORWARDED_ALLOW_IPS": trusted,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    command = [sys.executable, "-m", "uvicorn", "app.main:app", *uvicorn_flags]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
+    stderr_path = tmp_path / "server.log"
+    with stderr_path.open("wb") as stderr:
+        server = subprocess.Popen(
+            command,
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        try:
+            base_url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                assert server.poll() is None, stderr_path.read_text()
+                try:
+                    if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the service did not start in time"
+                time.sleep(0.1)
+            response = httpx.get(
+                f"{base_url}/nope",
+                headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"},
+            )
+            assert response.status_code == 404
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    log = stderr_path.read_text()
+    [event] = [e for e in access_events(log) if e["path"] == "/nope"]
+    assert event["client_ip"] == expected_ip
+    assert event["scheme"] == ("https" if expected_ip == "203.0.113.7" else "http")
+    # uvicorn's own plain-text access line is quieted in favour of ours.
+    assert '"GET /nope HTTP/1.1"' not in log
 
 
 # ------------------------------------------------------------------------- access log
