@@ -15,6 +15,7 @@ from typing import Any
 from app.api.envelope import error_body
 from app.api.schemas import ErrorEnvelope
 from app.errors import (
+    AuthUnavailable,
     ChecksumMismatch,
     ChunksIncomplete,
     ChunkTooLarge,
@@ -43,7 +44,12 @@ Responses = dict[int | str, dict[str, Any]]
 
 # Every route may fail unexpectedly, or be called while the service starts or stops.
 ALWAYS: tuple[type[ServiceError], ...] = (InternalError, NotReady)
-AUTHENTICATED: tuple[type[ServiceError], ...] = (InvalidToken, Forbidden, ValidationFailed)
+AUTHENTICATED: tuple[type[ServiceError], ...] = (
+    InvalidToken,
+    Forbidden,
+    AuthUnavailable,  # the JWKS endpoint could not be reached
+    ValidationFailed,
+)
 
 INIT_ERRORS: tuple[type[ServiceError], ...] = (*AUTHENTICATED, FileTooLarge, ChunkTooLarge)
 CHUNK_ERRORS: tuple[type[ServiceError], ...] = (
