@@ -36,7 +36,7 @@ from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server
 from app.main import create_app
 from app.settings import Settings
 
-EXAMPLES_PER_OPERATION = 100
+EXAMPLES_PER_OPERATION = 200
 FILE_ID = 42
 CHECKS = [
     not_a_server_error,
