@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.auth.keys import key_source_from
 from app.auth.tokens import TokenVerifier
+from app.metrics import Metrics
 from app.notify.delivery import OutboxNotifier
 from app.notify.outbox import SqlOutbox
 from app.notify.wiring import build_notifier
@@ -18,6 +19,7 @@ from app.storage.database import create_engine, migrate
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
+from app.storage.stats import count_sessions_by_state, staging_bytes
 from app.uploads.audio import AudioFacts, inspect_audio
 from app.uploads.service import AudioInspector, UploadPolicy, UploadService
 
@@ -32,6 +34,7 @@ class Container:
     uploads: UploadService
     verifier: TokenVerifier
     stack: AsyncExitStack
+    metrics: Metrics = field(default_factory=Metrics)
     # --- main-service notification (None when MAIN_SERVICE_NOTIFY_URL is unset)
     outbox: SqlOutbox | None = None
     notifier: OutboxNotifier | None = None
@@ -76,9 +79,14 @@ def policy_from(settings: Settings) -> UploadPolicy:
 
 
 async def build_container(
-    settings: Settings, verifier: TokenVerifier, *, background_loops: bool = True
+    settings: Settings,
+    verifier: TokenVerifier,
+    metrics: Metrics | None = None,
+    *,
+    background_loops: bool = True,
 ) -> Container:
     """All parts, opened. `background_loops=False` for one-off commands: no delivery loop."""
+    metrics = metrics or Metrics()
     stack = AsyncExitStack()
     try:
         staging = DiskStaging(
@@ -91,7 +99,7 @@ async def build_container(
         stack.push_async_callback(engine.dispose)
         if settings.auto_migrate:
             await migrate(engine, schema=settings.database_schema)
-        objects = S3MultipartStore(settings)
+        objects = S3MultipartStore(settings, on_error=metrics.count_s3_error)
         await objects.open()
         stack.push_async_callback(objects.close)
         store = SqlSessionStore(engine)
@@ -107,7 +115,7 @@ async def build_container(
     except BaseException:
         await stack.aclose()
         raise
-    return Container(
+    container = Container(
         settings=settings,
         engine=engine,
         store=store,
@@ -118,4 +126,41 @@ async def build_container(
         stack=stack,
         outbox=SqlOutbox(engine),
         notifier=notifier,
+        metrics=metrics,
     )
+    register_gauges(container)
+    return container
+
+
+def register_gauges(container: Container) -> None:
+    """Gauges read from the database and the disk at scrape time. Other parts (the
+    notification outbox) add theirs with `container.metrics.add_gauge_provider`."""
+    metrics, engine, staging = container.metrics, container.engine, container.staging
+
+    async def sessions() -> dict[tuple[str, ...], float]:
+        counts = await count_sessions_by_state(engine)
+        return {(state.value,): float(count) for state, count in counts.items()}
+
+    async def staged() -> dict[tuple[str, ...], float]:
+        return {(): float(await staging_bytes(staging.incoming_dir, staging.sessions_dir))}
+
+    metrics.add_gauge_provider(
+        "upload_sessions", "Upload sessions by state.", sessions, labels=("state",)
+    )
+    metrics.add_gauge_provider(
+        "upload_staging_bytes", "Bytes of chunks held in local staging.", staged
+    )
+    outbox = container.outbox
+    if outbox is not None:
+
+        async def events() -> dict[tuple[str, ...], float]:
+            counts = await outbox.counts_by_state()
+            return {(state.value,): float(count) for state, count in counts.items()}
+
+        # pending = outbox depth; failed = events that spent NOTIFY_MAX_ATTEMPTS.
+        metrics.add_gauge_provider(
+            "upload_outbox_events",
+            "Main-service notification events by state (pending is the outbox depth).",
+            events,
+            labels=("state",),
+        )

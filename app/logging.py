@@ -22,3 +22,6 @@ def configure_logging(level: str) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    # Our `http.request` event (app.metrics) is the access log; uvicorn's own plain-text
+    # access lines would only repeat it without route, request id or session id.
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)

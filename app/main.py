@@ -19,39 +19,25 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.api import health, uploads
 from app.api.envelope import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
-from app.api.schemas import ErrorEnvelope
 from app.container import build_container, build_verifier
+from app.http_edge import install_http_edge
 from app.janitor import JanitorLoop
 from app.logging import configure_logging
+from app.metrics import Metrics
 from app.settings import Settings, load_settings
 
 log = structlog.get_logger(__name__)
-
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorEnvelope, "description": description}
-    for status, description in {
-        401: "Missing or invalid bearer token",
-        403: "Token not allowed to do this",
-        404: "Unknown session (or another user's)",
-        409: "Conflict with the session's state",
-        410: "Session expired",
-        413: "Too large",
-        415: "Not supported audio",
-        422: "Invalid request",
-        503: "Storage unavailable",
-        507: "Staging storage full",
-    }.items()
-}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     verifier = build_verifier(settings)  # a bad key stops start-up here, not at first use
+    metrics = Metrics() if settings.metrics_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        container = await build_container(settings, verifier)
+        container = await build_container(settings, verifier, metrics)
         app.state.container = container
         # Clean-up loop; on the exit stack so it stops before the parts it uses close.
         container.stack.push_async_callback(JanitorLoop(container).start().stop)
@@ -67,18 +53,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await container.close()
             log.info("service.stopped")
 
-    app = FastAPI(
-        title="Audio upload service", version="1.0.0", lifespan=lifespan, responses=ERROR_RESPONSES
-    )
+    # Error responses are documented per route (app.api.openapi_errors).
+    app = FastAPI(title="Audio upload service", version="1.0.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(uploads.router)
     app.include_router(health.router)
+    app.state.metrics = metrics
 
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_json_body_bytes,
         streamed_paths=frozenset({"/upload/chunk"}),
     )
+    install_http_edge(app, settings, metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
 

@@ -154,6 +154,19 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # --- HTTP edge and observability ------------------------------------------------
+    cors_allow_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated browser origins allowed by CORS (`*` for any); "
+        "empty turns CORS off.",
+    )
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Comma-separated proxy IPs/networks whose X-Forwarded-For/-Proto are "
+        "trusted (`*` for any).",
+    )
+    metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
+
     @field_validator("jwt_algorithm")
     @classmethod
     def _asymmetric_only(cls, value: str) -> str:
@@ -193,6 +206,16 @@ class Settings(BaseSettings):
             if not cleaned:
                 raise ValueError("must name at least one extension")
             return frozenset(cleaned)
+        return value
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, (list, tuple, set, frozenset)):
+            origins = [str(part).strip().rstrip("/") for part in value]
+            return tuple(origin for origin in origins if origin)
         return value
 
     @field_validator("s3_key_prefix")

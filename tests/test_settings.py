@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,13 @@ def test_env_file_made_from_the_example_works(
     from app.container import build_verifier
 
     build_verifier(settings)  # the key from .env is readable
+
+
+def test_cors_origins_are_split_and_empty_means_off(
+    settings_factory: Callable[..., Settings],
+) -> None:
+    settings = settings_factory(cors_allow_origins=" https://a.example/, ,https://b.example ")
+    assert settings.cors_allow_origins == ("https://a.example", "https://b.example")
+    assert settings_factory(cors_allow_origins="").cors_allow_origins == ()
+    assert settings_factory().cors_allow_origins == ()
+    assert settings_factory().forwarded_allow_ips == "127.0.0.1"

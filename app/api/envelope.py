@@ -12,6 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
     InternalError,
+    MalformedBody,
     MethodNotAllowed,
     NotFound,
     RequestTooLarge,
@@ -69,6 +70,10 @@ async def _on_http_error(_request: Request, error: Exception) -> JSONResponse:
         return error_response(MethodNotAllowed())
     if error.status_code == 413:
         return error_response(RequestTooLarge())
+    if error.status_code == 400:
+        # FastAPI's answer to a body it cannot even decode (e.g. JSON that is not UTF-8):
+        # to the client that is a malformed body like any other (422 in the contract).
+        return error_response(MalformedBody())
     message = str(error.detail) if error.detail else "The request failed."
     return JSONResponse(error_body("http_error", message), status_code=error.status_code)
 

@@ -10,18 +10,19 @@ from fastapi.responses import JSONResponse
 
 from app.api.deps import AppContainer
 from app.api.envelope import error_body, success
+from app.api.openapi_errors import error_responses
 
 router = APIRouter(tags=["health"])
 
 READY_TIMEOUT_SECONDS = 5.0
 
 
-@router.get("/healthz")
+@router.get("/healthz", responses=error_responses())
 async def healthz() -> Any:
     return success("ok")
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses())
 async def readyz(container: AppContainer) -> Any:
     checks = {
         "database": container.store.ping(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -32,7 +32,7 @@ class CompleteBody(BaseModel):
 
 
 class Envelope(BaseModel):
-    status: str = "success"
+    status: Literal["success"] = "success"
     message: str
     data: dict[str, Any] | None = None
 
@@ -43,6 +43,6 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorEnvelope(BaseModel):
-    status: str = "error"
+    status: Literal["error"] = "error"
     message: str
     error: ErrorDetail

@@ -5,11 +5,20 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request
 
 from app.api.chunk_form import read_chunk_form
 from app.api.deps import AppContainer, CurrentPrincipal, Uploads
 from app.api.envelope import success
+from app.api.openapi_errors import (
+    ABORT_ERRORS,
+    CHUNK_ERRORS,
+    COMPLETE_ERRORS,
+    INIT_ERRORS,
+    STATUS_ERRORS,
+    error_responses,
+)
 from app.api.schemas import CompleteBody, Envelope, InitBody
 from app.errors import ChunkTooLarge, SessionNotFound, ValidationFailed
 from app.uploads.models import CompleteRequest, InitRequest, SessionView
@@ -22,7 +31,7 @@ MESSAGE_QUEUED = "File upload completed; main service notification queued."
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
-@router.post("/init", response_model=Envelope)
+@router.post("/init", response_model=Envelope, responses=error_responses(*INIT_ERRORS))
 async def init_upload(body: InitBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
     session = await uploads.init(principal, InitRequest(**body.model_dump()))
     return success(
@@ -38,6 +47,7 @@ async def init_upload(body: InitBody, principal: CurrentPrincipal, uploads: Uplo
 @router.post(
     "/chunk",
     response_model=Envelope,
+    responses=error_responses(*CHUNK_ERRORS),
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -67,6 +77,7 @@ async def upload_chunk(
         raise ChunkTooLarge(details={"max_chunk_size": uploads.policy.max_chunk_size})
 
     async def check_session(session_id: str) -> None:
+        _bind_session(session_id)
         await uploads.check_can_receive(principal, _session_id(session_id))
 
     form = await read_chunk_form(
@@ -87,6 +98,7 @@ async def upload_chunk(
                 "Required form fields are missing.", details={"missing": missing}
             )
         session_id = _session_id(form.fields["upload_session_id"])
+        _bind_session(session_id)
         index = _chunk_index(form.fields["chunk_index"])
         chunk_sha256 = _optional_sha256(form.fields.get("chunk_sha256"))
     except BaseException:
@@ -105,8 +117,9 @@ async def upload_chunk(
     )
 
 
-@router.post("/complete", response_model=Envelope)
+@router.post("/complete", response_model=Envelope, responses=error_responses(*COMPLETE_ERRORS))
 async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+    _bind_session(str(body.upload_session_id))
     outcome = await uploads.complete(
         principal,
         CompleteRequest(
@@ -119,19 +132,23 @@ async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploa
     return success(MESSAGE_NOTIFIED if outcome.notified else MESSAGE_QUEUED, outcome.result)
 
 
-@router.get("/{upload_session_id}", response_model=Envelope)
+@router.get(
+    "/{upload_session_id}", response_model=Envelope, responses=error_responses(*STATUS_ERRORS)
+)
 async def upload_status(
     upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
 ) -> Any:
-    view = await uploads.status(principal, _session_id_or_404(upload_session_id))
+    view = await uploads.status(principal, _bind_session(_session_id_or_404(upload_session_id)))
     return success("Upload session status.", _status_data(view))
 
 
-@router.delete("/{upload_session_id}", response_model=Envelope)
+@router.delete(
+    "/{upload_session_id}", response_model=Envelope, responses=error_responses(*ABORT_ERRORS)
+)
 async def abort_upload(
     upload_session_id: str, principal: CurrentPrincipal, uploads: Uploads
 ) -> Any:
-    session = await uploads.abort(principal, _session_id_or_404(upload_session_id))
+    session = await uploads.abort(principal, _bind_session(_session_id_or_404(upload_session_id)))
     return success(
         "Upload session aborted.",
         {
@@ -157,6 +174,12 @@ def _status_data(view: SessionView) -> dict[str, Any]:
     if session.result is not None:
         data["result"] = session.result
     return data
+
+
+def _bind_session(session_id: str) -> str:
+    """Every later log line of this request, and its access-log event, carry the session."""
+    structlog.contextvars.bind_contextvars(session_id=session_id)
+    return session_id
 
 
 def _session_id(value: str) -> str:

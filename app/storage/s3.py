@@ -9,7 +9,7 @@ network error becomes StorageUnavailable here, so the domain never sees a vendor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,8 +35,11 @@ class PendingMultipartUpload:
 
 
 class S3MultipartStore:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, *, on_error: Callable[[str], None] | None = None
+    ) -> None:
         self._settings = settings
+        self._on_error = on_error  # told the operation of every failed call (metrics)
         self._bucket = settings.s3_bucket_name
         self._client: Any = None
         self._stack = AsyncExitStack()
@@ -163,4 +166,6 @@ class S3MultipartStore:
                 else type(error).__name__
             )
             log.warning("s3.call_failed", operation=operation, error_code=code)
+            if self._on_error is not None:
+                self._on_error(operation)
             raise StorageUnavailable() from error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.support import assert_error
+from tests.support import UploadApi, assert_error
 
 
 async def test_unknown_route_and_method_use_the_envelope(client: httpx.AsyncClient) -> None:
@@ -41,3 +41,13 @@ async def test_openapi_lists_the_endpoints(client: httpx.AsyncClient) -> None:
         "/readyz",
     ):
         assert path in spec["paths"]
+
+
+async def test_undecodable_json_body_is_a_malformed_body(api: UploadApi) -> None:
+    # Found by the OpenAPI fuzz test: bytes that are not UTF-8 used to get a bare 400.
+    response = await api.client.post(
+        "/upload/complete",
+        content=b"\xff\xfe\x1d",
+        headers={**api.headers(), "Content-Type": "application/json"},
+    )
+    assert_error(response, 422, "malformed_body")
