@@ -273,12 +273,7 @@ class UploadService:
             lease_expires_at=now + timedelta(seconds=self.policy.completion_lease_seconds),
         )
         if not claimed:
-            current = await self.store.get(session.id)
-            if current is not None:
-                outcome = self._finished_outcome(current, self._clock())
-                if outcome is not None:
-                    return await self._with_notification_state(session.id, outcome)
-            raise CompletionInProgress()
+            return await self._outcome_of_another_completion(session.id)
         # Chunks cannot change any more: re-read the records we now own.
         chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
         self._check_chunk_set(chunks, request.total_chunks)
@@ -300,12 +295,7 @@ class UploadService:
             # Our lease lapsed and the session was taken from us (released by the janitor
             # or claimed by a retry). Its chunks are not ours to delete; the stored result,
             # if any, is the answer.
-            current = await self.store.get(session.id)
-            if current is not None:
-                outcome = self._finished_outcome(current, self._clock())
-                if outcome is not None:
-                    return await self._with_notification_state(session.id, outcome)
-            raise CompletionInProgress()
+            return await self._outcome_of_another_completion(session.id)
         await self.staging.remove_session(session.id)
         notified = True
         if event is not None and self._notifier is not None:
@@ -365,6 +355,16 @@ class UploadService:
             return outcome
         notified = await self._notifier.attempt_now(event_id)
         return replace(outcome, notified=notified)
+
+    async def _outcome_of_another_completion(self, session_id: str) -> CompletionOutcome:
+        """Another request holds (or held) the completion: its stored result if it has
+        finished, else 409 so the client retries."""
+        current = await self.store.get(session_id)
+        if current is not None:
+            outcome = self._finished_outcome(current, self._clock())
+            if outcome is not None:
+                return await self._with_notification_state(session_id, outcome)
+        raise CompletionInProgress()
 
     async def _assemble(
         self, session: UploadSession, chunks: Sequence[StoredChunk], expected_sha256: str | None
