@@ -12,6 +12,7 @@ from app.auth.keys import key_source_from
 from app.auth.tokens import TokenVerifier
 from app.settings import Settings
 from app.storage.database import create_engine, migrate
+from app.storage.parts_store import SqlPartStore
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
@@ -66,6 +67,7 @@ def policy_from(settings: Settings) -> UploadPolicy:
         part_size_bytes=settings.s3_part_size_bytes,
         part_concurrency=settings.s3_max_concurrency,
         max_open_sessions_per_user=settings.max_open_sessions_per_user,
+        eager_flush=settings.eager_flush,
     )
 
 
@@ -87,8 +89,15 @@ async def build_container(settings: Settings, verifier: TokenVerifier) -> Contai
         stack.push_async_callback(objects.close)
         store = SqlSessionStore(engine)
         uploads = UploadService(
-            store, staging, objects, policy_from(settings), inspect_audio=audio_inspector(settings)
+            store,
+            staging,
+            objects,
+            policy_from(settings),
+            inspect_audio=audio_inspector(settings),
+            parts=SqlPartStore(engine),
         )
+        if uploads.eager is not None:
+            stack.push_async_callback(uploads.eager.close)
     except BaseException:
         await stack.aclose()
         raise

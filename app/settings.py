@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         "--timeout-graceful-shutdown); the rest are cut off and their partial files removed.",
     )
 
+    # --- eager flush (issue 7) -------------------------------------------------------
+    eager_flush: bool = Field(
+        default=True,
+        description="Send contiguous chunks to S3 as multipart parts while the upload is "
+        "going, so complete only sends the tail. False: complete assembles everything.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("jwt_algorithm")
