@@ -16,6 +16,7 @@ from app.notify.outbox import SqlOutbox
 from app.notify.wiring import build_notifier
 from app.settings import Settings
 from app.storage.database import create_engine, migrate
+from app.storage.parts_store import SqlPartStore
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
@@ -75,6 +76,7 @@ def policy_from(settings: Settings) -> UploadPolicy:
         part_size_bytes=settings.s3_part_size_bytes,
         part_concurrency=settings.s3_max_concurrency,
         max_open_sessions_per_user=settings.max_open_sessions_per_user,
+        eager_flush=settings.eager_flush,
     )
 
 
@@ -111,7 +113,10 @@ async def build_container(
             policy_from(settings),
             inspect_audio=audio_inspector(settings),
             notifier=notifier,
+            parts=SqlPartStore(engine),
         )
+        if uploads.eager is not None:
+            stack.push_async_callback(uploads.eager.close)
     except BaseException:
         await stack.aclose()
         raise

@@ -152,6 +152,15 @@ class Settings(BaseSettings):
         "--timeout-graceful-shutdown); the rest are cut off and their partial files removed.",
     )
 
+    # --- eager flush (issue 7) -------------------------------------------------------
+    eager_flush: bool = Field(
+        default=False,
+        description="Send contiguous chunks to S3 as multipart parts while the upload is "
+        "going, so complete only sends the tail. Off by default: the final Content-Type "
+        "and metadata then need a server-side copy at complete, which measured slower "
+        "(bench/README.md). False: complete assembles everything.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- HTTP edge and observability ------------------------------------------------

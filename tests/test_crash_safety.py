@@ -165,6 +165,9 @@ def test_kill_9_mid_complete_then_retry_takes_over(
         staging,
         completion_lease_seconds=2,
         s3_timeout_seconds=300,
+        # The slow path's crash: with eager flush the retry resumes the crashed upload
+        # (tests/uploads/test_eager_flush.py), leaving none for the janitor.
+        eager_flush="false",
     )
     chunks = split(source, CHUNK)
     service = ServiceProcess(env, tmp_path / "run").start()

@@ -81,3 +81,23 @@ upload_chunks = Table(
     Column("file_name", String(255), nullable=False),
     Column("received_at", UtcDateTime, nullable=False),
 )
+
+# --- eager flush (issue 7): multipart parts already sent to S3 while chunks arrive ----
+# `covers` lists, for each chunk whose bytes the part holds, [index, sha256, size_bytes,
+# start offset of the chunk in the file]: equal covers mean equal bytes.
+upload_parts = Table(
+    "upload_parts",
+    metadata,
+    Column(
+        "session_id",
+        String(36),
+        ForeignKey("upload_sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("part_number", Integer, primary_key=True),
+    Column("upload_id", String(1024), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("etag", String(255), nullable=False),
+    Column("covers", JSON, nullable=False),
+    Column("uploaded_at", UtcDateTime, nullable=False),
+)

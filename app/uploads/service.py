@@ -43,6 +43,7 @@ from app.errors import (
 from app.uploads import audio
 from app.uploads.assembly import hash_stream, upload_in_parts
 from app.uploads.audio import AudioFacts
+from app.uploads.eager import EagerFlusher, ObjectTarget, PartStore
 from app.uploads.models import (
     CompleteRequest,
     CompletionOutcome,
@@ -102,6 +103,7 @@ class UploadPolicy:
     part_size_bytes: int
     part_concurrency: int
     max_open_sessions_per_user: int = 0  # 0: no limit
+    eager_flush: bool = True
 
 
 class UploadService:
@@ -115,6 +117,7 @@ class UploadService:
         inspect_audio: AudioInspector | None = None,
         clock: Callable[[], datetime] = utc_now,
         notifier: CompletionNotifier | None = None,
+        parts: PartStore | None = None,
     ) -> None:
         self.store = store
         self.staging = staging
@@ -123,6 +126,19 @@ class UploadService:
         self._inspect_audio = inspect_audio
         self._clock = clock
         self._notifier = notifier
+        # Eager flush (issue 7): parts go to S3 while chunks arrive; off without a PartStore.
+        self.eager: EagerFlusher | None = None
+        if parts is not None and policy.eager_flush:
+            self.eager = EagerFlusher(
+                store,
+                parts,
+                staging,
+                objects,
+                target=self._object_target,
+                part_size_bytes=policy.part_size_bytes,
+                concurrency=policy.part_concurrency,
+                clock=clock,
+            )
 
     # ----------------------------------------------------------------------- init
     async def init(self, principal: Principal, request: InitRequest) -> UploadSession:
@@ -237,6 +253,8 @@ class UploadService:
             size_bytes=chunk.size_bytes,
             replaced=recorded.replaced is not None,
         )
+        if self.eager is not None:
+            self.eager.poke(session_id)
         return chunk
 
     # ------------------------------------------------------------------- complete
@@ -274,14 +292,24 @@ class UploadService:
         )
         if not claimed:
             return await self._outcome_of_another_completion(session.id)
-        # Chunks cannot change any more: re-read the records we now own.
-        chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
-        self._check_chunk_set(chunks, request.total_chunks)
         try:
+            if self.eager is not None:
+                # Complete owns the session now: stop its background flush, then re-read
+                # the row, which names the multipart upload the flush opened (if any).
+                await self.eager.take_over(session.id)
+                session = await self.store.get(session.id) or session
+            # Chunks cannot change any more: re-read the records we now own.
+            chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
+            self._check_chunk_set(chunks, request.total_chunks)
             result = await self._assemble(session, chunks, declared_sha or session.sha256)
         except BaseException:
+            if self.eager is not None:
+                await asyncio.shield(self._discard_eager(session))
+                self.eager.release(session.id)
             await asyncio.shield(self.store.release_completion(session.id, now=self._clock()))
             raise
+        if self.eager is not None:
+            self.eager.forget(session.id)
         finished_at = self._clock()
         event = (
             self._completed_event(session, result, finished_at)
@@ -375,6 +403,21 @@ class UploadService:
         # Nothing reaches the bucket unless the bytes really are audio we accept.
         facts = await self._inspect(session, open_stream)
         content_type = facts.content_type if facts else self._content_type_from_name(session)
+        target = self._object_target(session)
+        key = target.key
+        facts_metadata = facts.as_metadata() if facts else {}
+        if self.eager is not None:
+            eager = await self.eager.finish(session, chunks, expected_sha256=expected_sha256)
+            if eager is not None:
+                # The eager upload started before the bytes were inspected and hashed, and
+                # S3 fixes metadata at start: a server-side copy onto itself sets the final
+                # Content-Type and metadata (no byte passes through the service).
+                metadata = {"sha256": eager.sha256, **target.metadata, **facts_metadata}
+                if content_type != target.content_type or metadata != target.metadata:
+                    await self.objects.replace_metadata(
+                        key, content_type=content_type, metadata=metadata
+                    )
+                return self._result(key, eager.size_bytes, eager.sha256, content_type, facts)
         # S3 metadata is fixed when the multipart upload starts, so the file's SHA-256 must
         # be known by then: declared by the client (verified while uploading, before the
         # commit), or computed in a hashing pass first. Either way each byte is hashed once.
@@ -382,19 +425,7 @@ class UploadService:
             sha256 = expected_sha256
         else:
             sha256 = await asyncio.to_thread(hash_stream, open_stream)
-        key = build_object_key(
-            self.policy.key_prefix,
-            session.owner_sub,
-            session.main_service_file_id,
-            session.id,
-            session.original_file_name,
-        )
-        metadata = {
-            "sha256": sha256,
-            "upload-session-id": session.id,
-            "main-service-file-id": str(session.main_service_file_id),
-            **(facts.as_metadata() if facts else {}),
-        }
+        metadata = {"sha256": sha256, **target.metadata, **facts_metadata}
 
         async def remember(upload_id: str) -> None:
             await self.store.remember_multipart_upload(
@@ -412,11 +443,21 @@ class UploadService:
             expected_sha256=expected_sha256,
             on_started=remember,
         )
+        return self._result(key, assembled.size_bytes, sha256, content_type, facts)
+
+    def _result(
+        self,
+        key: str,
+        size_bytes: int,
+        sha256: str,
+        content_type: str,
+        facts: AudioFacts | None,
+    ) -> dict[str, Any]:
         result: dict[str, Any] = {
             "file_path_on_upload_service": self.objects.url_for(key),
             "bucket": self.objects.bucket,
             "key": key,
-            "size": assembled.size_bytes,
+            "size": size_bytes,
             "sha256": sha256,
             "content_type": content_type,
         }
@@ -430,6 +471,27 @@ class UploadService:
                 bitrate=facts.bitrate,
             )
         return result
+
+    async def _discard_eager(self, session: UploadSession) -> None:
+        # The row, not our copy, names the upload a flush may have opened meanwhile.
+        if self.eager is not None:
+            await self.eager.discard(await self.store.get(session.id) or session)
+
+    def _object_target(self, session: UploadSession) -> ObjectTarget:
+        """Where the session's object goes. Deterministic, so an eager flush started
+        before the bytes were inspected names the same object as `complete`."""
+        key = build_object_key(
+            self.policy.key_prefix,
+            session.owner_sub,
+            session.main_service_file_id,
+            session.id,
+            session.original_file_name,
+        )
+        metadata = {
+            "upload-session-id": session.id,
+            "main-service-file-id": str(session.main_service_file_id),
+        }
+        return ObjectTarget(key, self._content_type_from_name(session), metadata)
 
     async def _inspect(
         self, session: UploadSession, open_stream: Callable[[], BinaryIO]
@@ -477,6 +539,10 @@ class UploadService:
                 current = await self.store.get(session_id)
                 if current is None or current.state is not SessionState.ABORTED:
                     raise CompletionInProgress()
+        if self.eager is not None:
+            await self.eager.take_over(session_id)
+            await self._discard_eager(session)
+            self.eager.forget(session_id)
         await self.staging.remove_session(session_id)
         log.info("upload.aborted", session_id=session_id)
         return replace(session, state=SessionState.ABORTED)

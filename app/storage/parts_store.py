@@ -1,0 +1,80 @@
+"""PartStore on SQLAlchemy Core: the multipart parts eager flushing already sent to S3.
+
+A part row is written only after S3 acknowledged the part, and always names the
+multipart upload it belongs to, so rows of an aborted upload are never mistaken for
+parts of a newer one. Rows go with their session (ON DELETE CASCADE).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.storage.tables import upload_parts, upload_sessions
+from app.uploads.eager import CoveredChunk, FlushedPart
+from app.uploads.models import SessionState
+
+P = upload_parts.c
+S = upload_sessions.c
+
+
+class SqlPartStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def list_parts(self, session_id: str, upload_id: str) -> list[FlushedPart]:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                select(upload_parts)
+                .where(P.session_id == session_id, P.upload_id == upload_id)
+                .order_by(P.part_number)
+            )
+            return [
+                FlushedPart(
+                    part_number=int(row["part_number"]),
+                    size_bytes=int(row["size_bytes"]),
+                    etag=row["etag"],
+                    covers=tuple(CoveredChunk(*item) for item in row["covers"]),
+                )
+                for row in rows.mappings()
+            ]
+
+    async def record_part(
+        self, session_id: str, upload_id: str, part: FlushedPart, *, now: datetime
+    ) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                delete(upload_parts).where(
+                    P.session_id == session_id, P.part_number == part.part_number
+                )
+            )
+            await conn.execute(
+                insert(upload_parts).values(
+                    session_id=session_id,
+                    part_number=part.part_number,
+                    upload_id=upload_id,
+                    size_bytes=part.size_bytes,
+                    etag=part.etag,
+                    covers=[list(item) for item in part.covers],
+                    uploaded_at=now,
+                )
+            )
+
+    async def clear_parts(self, session_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(delete(upload_parts).where(P.session_id == session_id))
+
+    async def adopt_upload(self, session_id: str, *, object_key: str, upload_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            adopted = await conn.execute(
+                update(upload_sessions)
+                .where(
+                    S.id == session_id,
+                    S.state == SessionState.UPLOADING.value,
+                    S.multipart_upload_id.is_(None),
+                )
+                .values(object_key=object_key, multipart_upload_id=upload_id)
+            )
+            return bool(adopted.rowcount == 1)

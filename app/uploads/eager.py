@@ -1,0 +1,500 @@
+"""Eager flush: send contiguous chunks to S3 as multipart parts while the upload goes on,
+so that `complete` only sends the tail and commits.
+
+Parts are cut from the byte stream of the file, not from chunks: part n holds bytes
+[(n-1)*P, n*P) of the file (P = S3_PART_SIZE_BYTES), so every part but the last has the
+same size (>= 5 MiB), whatever sizes the client picks for its chunks. A part is flushed
+only once the chunks from index 0 cover it completely.
+
+Invariants:
+* whenever a multipart upload is open for a session, the session row's `object_key` and
+  `multipart_upload_id` name it (it is recorded, conditionally on the session still
+  uploading, before any part is sent; a crash in between leaves an upload no live
+  session owns, which the janitor's prefix listing reclaims);
+* a part row is written only after S3 acknowledged the part, and records which chunk
+  bytes it holds (`covers`: index, sha256, size, start offset of each chunk). A part is
+  reused only when its covers equal those of the current layout, so a re-sent chunk (or
+  one of a new size, which moves every later offset) makes the parts it touches be sent
+  again under the same part numbers; stale parts past the end are simply not listed in
+  CompleteMultipartUpload. S3 also checks each listed ETag, so a late stale part can
+  fail a completion (it is then retried) but never corrupt an object;
+* staged chunk files stay until the completion succeeds: the audio check and any
+  re-send read them, and a crash loses nothing but work;
+* a failure here never fails a chunk upload: it is logged and the work left to
+  `complete`;
+* one flusher per session in this process, and `complete`/`abort` take over: they stop
+  it (in-flight parts finish) before they read the parts. Across replicas the ETag
+  check above keeps any overlap safe.
+
+The whole-file SHA-256 is computed once per byte while the parts are read for upload:
+the flusher keeps, in memory, the hash state of the contiguous run of parts it has read,
+with a snapshot after each part so a changed part rewinds it instead of discarding it.
+SHA-256 states cannot be combined, so after a restart (or on another replica) `complete`
+reads the flushed prefix back from staging once more to hash it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
+
+import structlog
+
+from app.errors import ChecksumMismatch, ServiceError
+from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
+from app.uploads.ports import ChunkStaging, MultipartObjectStore, SessionStore
+
+if TYPE_CHECKING:
+    from _hashlib import HASH
+
+log = structlog.get_logger(__name__)
+
+MAX_PARTS = 10_000
+# How long `complete` waits for an in-flight flush to finish its parts before cancelling.
+TAKE_OVER_WAIT_SECONDS = 60.0
+
+
+class CoveredChunk(NamedTuple):
+    chunk_index: int
+    sha256: str
+    size_bytes: int
+    start: int
+
+
+@dataclass(frozen=True)
+class PlannedPart:
+    part_number: int
+    start: int
+    size_bytes: int
+    covers: tuple[CoveredChunk, ...]
+
+
+@dataclass(frozen=True)
+class FlushedPart:
+    part_number: int
+    size_bytes: int
+    etag: str
+    covers: tuple[CoveredChunk, ...]
+
+    def holds(self, planned: PlannedPart) -> bool:
+        return self.size_bytes == planned.size_bytes and self.covers == planned.covers
+
+
+@dataclass(frozen=True)
+class ObjectTarget:
+    key: str
+    content_type: str
+    metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EagerResult:
+    size_bytes: int
+    sha256: str
+    parts_sent_at_complete: int
+    prefix_rehashed_bytes: int
+
+
+class PartStore(Protocol):
+    async def list_parts(self, session_id: str, upload_id: str) -> list[FlushedPart]: ...
+
+    async def record_part(
+        self, session_id: str, upload_id: str, part: FlushedPart, *, now: datetime
+    ) -> None: ...
+
+    async def clear_parts(self, session_id: str) -> None: ...
+
+    async def adopt_upload(self, session_id: str, *, object_key: str, upload_id: str) -> bool:
+        """Name the upload on the session row if it is uploading and names none yet."""
+        ...
+
+
+def contiguous_prefix(chunks: Sequence[StoredChunk]) -> list[StoredChunk]:
+    prefix: list[StoredChunk] = []
+    for chunk in sorted(chunks, key=lambda c: c.index):
+        if chunk.index != len(prefix):
+            break
+        prefix.append(chunk)
+    return prefix
+
+
+def plan_parts(
+    chunks: Sequence[StoredChunk], part_size_bytes: int, *, include_tail: bool
+) -> list[PlannedPart]:
+    """The parts of the file made of `chunks` (in order); without `include_tail`, only
+    the full-size ones."""
+    spans: list[CoveredChunk] = []
+    offset = 0
+    for chunk in chunks:
+        if chunk.size_bytes:
+            spans.append(CoveredChunk(chunk.index, chunk.sha256, chunk.size_bytes, offset))
+        offset += chunk.size_bytes
+    total = offset
+    count = total // part_size_bytes
+    if include_tail and total % part_size_bytes:
+        count += 1
+    parts: list[PlannedPart] = []
+    first = 0
+    for number in range(1, count + 1):
+        start = (number - 1) * part_size_bytes
+        end = min(start + part_size_bytes, total)
+        while spans[first].start + spans[first].size_bytes <= start:
+            first += 1
+        covers: list[CoveredChunk] = []
+        position = first
+        while position < len(spans) and spans[position].start < end:
+            covers.append(spans[position])
+            position += 1
+        parts.append(PlannedPart(number, start, end - start, tuple(covers)))
+    return parts
+
+
+class PrefixDigest:
+    """SHA-256 of parts 1..m as they were read, with the state after each part."""
+
+    def __init__(self, upload_id: str) -> None:
+        self.upload_id = upload_id
+        self._parts: list[PlannedPart] = []
+        self._states: list[HASH] = [hashlib.sha256()]
+
+    @property
+    def count(self) -> int:
+        return len(self._parts)
+
+    def rewind_to(self, plan: Sequence[PlannedPart]) -> int:
+        """Keep only the leading parts still laid out as in `plan`; return how many."""
+        keep = 0
+        while keep < len(self._parts) and keep < len(plan) and self._parts[keep] == plan[keep]:
+            keep += 1
+        del self._parts[keep:]
+        del self._states[keep + 1 :]
+        return keep
+
+    def state(self) -> HASH:
+        return self._states[-1].copy()
+
+    def extend(self, part: PlannedPart, state: HASH) -> None:
+        if part.part_number == len(self._parts) + 1:
+            self._parts.append(part)
+            self._states.append(state)
+
+
+def _read_part(stream: BinaryIO, part: PlannedPart) -> bytes:
+    stream.seek(part.start)
+    data = stream.read(part.size_bytes)
+    if len(data) != part.size_bytes:
+        raise OSError(f"staged data ends before part {part.part_number}")
+    return data
+
+
+class EagerFlusher:
+    def __init__(
+        self,
+        store: SessionStore,
+        parts: PartStore,
+        staging: ChunkStaging,
+        objects: MultipartObjectStore,
+        *,
+        target: Callable[[UploadSession], ObjectTarget],
+        part_size_bytes: int,
+        concurrency: int,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.store = store
+        self.parts = parts
+        self.staging = staging
+        self.objects = objects
+        self._target = target
+        self._part_size_bytes = part_size_bytes
+        self._concurrency = concurrency
+        self._clock = clock
+        # Bounds the part buffers of all background flushes together, so memory stays
+        # flat however many sessions upload at once.
+        self._buffers = asyncio.Semaphore(concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._dirty: set[str] = set()
+        self._stopped: set[str] = set()
+        self._digests: dict[str, PrefixDigest] = {}
+
+    # ------------------------------------------------------------ background loop
+    def poke(self, session_id: str) -> None:
+        """A chunk arrived: flush what is ready, in the background."""
+        if session_id in self._stopped:
+            return
+        if session_id in self._tasks:
+            self._dirty.add(session_id)
+            return
+        self._tasks[session_id] = asyncio.create_task(self._run(session_id))
+
+    async def _run(self, session_id: str) -> None:
+        try:
+            while session_id not in self._stopped:
+                self._dirty.discard(session_id)
+                try:
+                    await self.flush_once(session_id)
+                except Exception as error:  # noqa: BLE001 - complete does the work instead
+                    log.warning(
+                        "upload.eager_flush_failed",
+                        session_id=session_id,
+                        error_type=type(error).__name__,
+                    )
+                    return
+                if session_id not in self._dirty:
+                    return
+        finally:
+            self._tasks.pop(session_id, None)
+
+    async def flush_once(self, session_id: str) -> int:
+        """One pass: send every full part the contiguous chunks cover and S3 does not hold
+        yet. Returns the number of parts sent."""
+        session = await self.store.get(session_id)
+        if session is None or session.state is not SessionState.UPLOADING:
+            return 0
+        chunks = contiguous_prefix(await self.store.list_chunks(session_id))
+        plan = plan_parts(chunks, self._part_size_bytes, include_tail=False)[: MAX_PARTS - 1]
+        if not plan:
+            return 0
+        target = self._target(session)
+        upload_id = session.multipart_upload_id
+        if upload_id is None:
+            upload_id = await self._open_upload(session_id, target)
+            if upload_id is None:
+                return 0
+        recorded = {p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)}
+        digest = self._digest_for(session_id, upload_id)
+        hashed = digest.rewind_to(plan)
+        work = [
+            part
+            for part in plan
+            if part.part_number > hashed
+            or not (part.part_number in recorded and recorded[part.part_number].holds(part))
+        ]
+        sent = 0
+        stream = await asyncio.to_thread(self.staging.open_assembled, session_id, chunks)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for part in work:
+                    if session_id in self._stopped:
+                        break
+                    await self._buffers.acquire()
+                    try:
+                        data = await asyncio.to_thread(self._read_and_hash, stream, part, digest)
+                    except BaseException:
+                        self._buffers.release()
+                        raise
+                    held = recorded.get(part.part_number)
+                    if held is not None and held.holds(part):
+                        self._buffers.release()  # read only to extend the hash
+                        continue
+                    sent += 1
+                    group.create_task(self._send(session_id, upload_id, target.key, part, data))
+        finally:
+            await asyncio.to_thread(stream.close)
+        if sent:
+            log.info("upload.eager_flushed", session_id=session_id, parts=sent)
+        return sent
+
+    async def _send(
+        self, session_id: str, upload_id: str, key: str, part: PlannedPart, data: bytes
+    ) -> None:
+        try:
+            etag = await self.objects.upload_part(key, upload_id, part.part_number, data)
+        finally:
+            del data
+            self._buffers.release()
+        await self.parts.record_part(
+            session_id,
+            upload_id,
+            FlushedPart(part.part_number, part.size_bytes, etag, part.covers),
+            now=self._clock(),
+        )
+
+    @staticmethod
+    def _read_and_hash(stream: BinaryIO, part: PlannedPart, digest: PrefixDigest) -> bytes:
+        data = _read_part(stream, part)
+        if part.part_number == digest.count + 1:
+            state = digest.state()
+            state.update(data)
+            digest.extend(part, state)
+        return data
+
+    async def _open_upload(self, session_id: str, target: ObjectTarget) -> str | None:
+        upload_id = await self.objects.start(
+            target.key, content_type=target.content_type, metadata=target.metadata
+        )
+        try:
+            adopted = await self.parts.adopt_upload(
+                session_id, object_key=target.key, upload_id=upload_id
+            )
+        except BaseException:
+            await _abort_quietly(self.objects, target.key, upload_id)
+            raise
+        if not adopted:
+            await _abort_quietly(self.objects, target.key, upload_id)
+            return None
+        return upload_id
+
+    def _digest_for(self, session_id: str, upload_id: str) -> PrefixDigest:
+        digest = self._digests.get(session_id)
+        if digest is None or digest.upload_id != upload_id:
+            digest = self._digests[session_id] = PrefixDigest(upload_id)
+        return digest
+
+    # ------------------------------------------------------------------ take over
+    async def take_over(self, session_id: str) -> None:
+        """Stop flushing this session (complete or abort owns it now); in-flight parts
+        finish first, within TAKE_OVER_WAIT_SECONDS."""
+        self._stopped.add(session_id)
+        task = self._tasks.get(session_id)
+        if task is None:
+            return
+        _, pending = await asyncio.wait({task}, timeout=TAKE_OVER_WAIT_SECONDS)
+        for late in pending:
+            late.cancel()
+            await asyncio.gather(late, return_exceptions=True)
+
+    def release(self, session_id: str) -> None:
+        """The session may be flushed again (its completion failed)."""
+        self._stopped.discard(session_id)
+
+    def forget(self, session_id: str) -> None:
+        self._stopped.discard(session_id)
+        self._dirty.discard(session_id)
+        self._digests.pop(session_id, None)
+
+    async def discard(self, session: UploadSession) -> None:
+        """Abort the session's eager upload (if any) and forget its parts."""
+        if session.multipart_upload_id is not None and session.object_key is not None:
+            await _abort_quietly(self.objects, session.object_key, session.multipart_upload_id)
+        await self.parts.clear_parts(session.id)
+        self._digests.pop(session.id, None)
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # ------------------------------------------------------------------- complete
+    async def finish(
+        self,
+        session: UploadSession,
+        chunks: Sequence[StoredChunk],
+        *,
+        expected_sha256: str | None,
+    ) -> EagerResult | None:
+        """Send the parts S3 does not hold yet and commit the object. None when the
+        session has no usable eager upload (the caller then assembles from scratch).
+        Call after `take_over`. On failure the upload is aborted and its parts forgotten."""
+        upload_id = session.multipart_upload_id
+        if upload_id is None or session.object_key is None:
+            return None
+        target = self._target(session)
+        plan = plan_parts(chunks, self._part_size_bytes, include_tail=True)
+        if target.key != session.object_key or not plan or len(plan) > MAX_PARTS:
+            await self.discard(session)
+            return None
+        try:
+            return await self._finish(
+                session.id, upload_id, target.key, chunks, plan, expected_sha256
+            )
+        except BaseException:
+            await asyncio.shield(self.discard(session))
+            raise
+
+    async def _finish(
+        self,
+        session_id: str,
+        upload_id: str,
+        key: str,
+        chunks: Sequence[StoredChunk],
+        plan: Sequence[PlannedPart],
+        expected_sha256: str | None,
+    ) -> EagerResult:
+        recorded = {p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)}
+        digest = self._digests.get(session_id)
+        hashed = digest.rewind_to(plan) if digest and digest.upload_id == upload_id else 0
+        state = digest.state() if digest and hashed else hashlib.sha256()
+        etags = {
+            n: part.etag
+            for n, part in recorded.items()
+            if n <= len(plan) and part.holds(plan[n - 1])
+        }
+        work = [p for p in plan if p.part_number > hashed or p.part_number not in etags]
+        rehashed = sum(
+            p.size_bytes for p in work if p.part_number in etags and p.part_number > hashed
+        )
+        sent = 0
+        slots = asyncio.Semaphore(self._concurrency)
+
+        def read(stream: BinaryIO, part: PlannedPart) -> bytes:
+            data = _read_part(stream, part)
+            if part.part_number > hashed:
+                state.update(data)
+            return data
+
+        async def send(part: PlannedPart, data: bytes) -> None:
+            try:
+                etags[part.part_number] = await self.objects.upload_part(
+                    key, upload_id, part.part_number, data
+                )
+            finally:
+                slots.release()
+
+        stream = await asyncio.to_thread(self.staging.open_assembled, session_id, chunks)
+        try:
+            async with asyncio.TaskGroup() as group:
+                for part in work:
+                    await slots.acquire()
+                    data = await asyncio.to_thread(read, stream, part)
+                    if part.part_number in etags:
+                        slots.release()
+                        continue
+                    sent += 1
+                    group.create_task(send(part, data))
+        except BaseExceptionGroup as group_error:
+            raise _first_service_error(group_error) from group_error
+        finally:
+            await asyncio.to_thread(stream.close)
+        sha256 = state.hexdigest()
+        if expected_sha256 is not None and expected_sha256 != sha256:
+            raise ChecksumMismatch(
+                "The assembled file's SHA-256 does not match the declared sha256.",
+                details={"expected": expected_sha256, "actual": sha256},
+            )
+        await self.objects.finish(key, upload_id, [etags[p.part_number] for p in plan])
+        await self.parts.clear_parts(session_id)
+        self.forget(session_id)
+        log.info(
+            "upload.eager_completed",
+            session_id=session_id,
+            parts=len(plan),
+            parts_sent_at_complete=sent,
+            prefix_rehashed_bytes=rehashed,
+        )
+        return EagerResult(
+            size_bytes=sum(p.size_bytes for p in plan),
+            sha256=sha256,
+            parts_sent_at_complete=sent,
+            prefix_rehashed_bytes=rehashed,
+        )
+
+
+async def _abort_quietly(objects: MultipartObjectStore, key: str, upload_id: str) -> None:
+    try:
+        await objects.abort(key, upload_id)
+    except Exception as error:  # noqa: BLE001 - the janitor reclaims what an abort could not
+        log.warning("s3.abort_failed", key=key, error_type=type(error).__name__)
+
+
+def _first_service_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_service_error(error)
+        if isinstance(error, ServiceError):
+            return error
+    return group.exceptions[0]

@@ -1,0 +1,1 @@
+"""Benchmarks of the upload service; run with `./bench/run`."""

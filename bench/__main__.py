@@ -1,0 +1,514 @@
+"""The benchmark suite: `./bench/run` (or `.venv/bin/python -m bench`).
+
+Starts a loopback moto S3 server, the upload service, a bare FastAPI endpoint and
+tus-node-server, drives them with bench.loadgen, and writes medians and ratios to
+bench/results/ (markdown and JSON). See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import shutil
+import statistics
+import struct
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from app.dev.keys import KeyPair
+from app.dev.s3server import LocalS3Server
+from bench.loadgen import Connection, MultipartChunk
+from bench.servers import (
+    TUNED_MALLOC,
+    Process,
+    UploadServiceConfig,
+    cpu_description,
+    install_tus,
+    start_bare,
+    start_tus,
+    start_upload_service,
+)
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def mb_per_s(size_bytes: int, seconds: float) -> float:
+    return size_bytes / seconds / 1e6
+
+
+def wav_file(size_bytes: int) -> bytes:
+    """A real (if noisy) WAV file: a PCM header, then pseudo-random 16-bit samples."""
+    data_bytes = size_bytes - 44
+    header = b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVE"
+    header += b"fmt " + struct.pack("<IHHIIHH", 16, 1, 2, 44100, 44100 * 4, 4, 16)
+    header += b"data" + struct.pack("<I", data_bytes)
+    block = uuid.uuid4().bytes * (MiB // 16)
+    blocks, rest = divmod(data_bytes, len(block))
+    return header + block * blocks + block[:rest]
+
+
+class Client:
+    """The upload API over raw sockets."""
+
+    def __init__(self, port: int, token: str) -> None:
+        self.port = port
+        self.auth = {"Authorization": f"Bearer {token}"}
+
+    async def init(self, conn: Connection, name: str = "bench.wav") -> str:
+        body = json.dumps({"main_service_file_id": 7, "original_file_name": name}).encode()
+        response = await conn.request(
+            "POST", "/upload/init", {**self.auth, "Content-Type": "application/json"}, [body]
+        )
+        assert response.status == 200, response.body
+        return str(response.json()["data"]["upload_session_id"])
+
+    async def chunk(
+        self, conn: Connection, session_id: str, index: int, payload: bytes | memoryview
+    ) -> None:
+        response = await conn.request(
+            "POST",
+            "/upload/chunk",
+            {**self.auth, "Content-Type": MultipartChunk.content_type()},
+            MultipartChunk.parts(session_id, index, payload),
+        )
+        assert response.status == 200, response.body
+
+    async def complete(self, conn: Connection, session_id: str, total_chunks: int) -> Any:
+        body = json.dumps(
+            {
+                "upload_session_id": session_id,
+                "total_chunks": total_chunks,
+                "main_service_file_id": 7,
+            }
+        ).encode()
+        response = await conn.request(
+            "POST", "/upload/complete", {**self.auth, "Content-Type": "application/json"}, [body]
+        )
+        assert response.status == 200, response.body
+        return response.json()
+
+    async def abort(self, session_id: str) -> None:
+        # A fresh connection: the server may have closed an idle keep-alive one.
+        conn = await Connection("127.0.0.1", self.port).open()
+        response = await conn.request("DELETE", f"/upload/{session_id}", self.auth)
+        assert response.status in (200, 409), response.body
+        await conn.close()
+
+
+# ----------------------------------------------------------------------- workloads
+async def ingest_service(
+    port: int, token: str, total_bytes: int, chunk_bytes: int, clients: int
+) -> float:
+    """Each client uploads its share of `total_bytes` as one session, chunk after chunk.
+    Sessions are opened before and aborted after the timed part."""
+    api = Client(port, token)
+    payload = memoryview(bytes(chunk_bytes))
+    per_client = total_bytes // clients // chunk_bytes
+    conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
+    sessions = [await api.init(conn) for conn in conns]
+
+    async def run(conn: Connection, session_id: str) -> None:
+        for index in range(per_client):
+            await api.chunk(conn, session_id, index, payload)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(c, s) for c, s in zip(conns, sessions, strict=True)))
+    elapsed = time.perf_counter() - started
+    for conn, session_id in zip(conns, sessions, strict=True):
+        await api.abort(session_id)
+        await conn.close()
+    return mb_per_s(per_client * clients * chunk_bytes, elapsed)
+
+
+async def ingest_bare(port: int, total_bytes: int, chunk_bytes: int, clients: int) -> float:
+    payload = memoryview(bytes(chunk_bytes))
+    per_client = total_bytes // clients // chunk_bytes
+    conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
+    headers = {"Authorization": "Bearer x", "Content-Type": MultipartChunk.content_type()}
+
+    async def run(conn: Connection, client: int) -> None:
+        session_id = str(uuid.UUID(int=client))
+        for index in range(per_client):
+            response = await conn.request(
+                "POST", "/upload/chunk", headers, MultipartChunk.parts(session_id, index, payload)
+            )
+            assert response.status == 200
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(c, i) for i, c in enumerate(conns)))
+    elapsed = time.perf_counter() - started
+    for conn in conns:
+        await conn.close()
+    return mb_per_s(per_client * clients * chunk_bytes, elapsed)
+
+
+async def ingest_tus(port: int, total_bytes: int, chunk_bytes: int, clients: int) -> float:
+    """One tus upload per client; its chunks are PATCHes in order (tus' own rule)."""
+    payload = memoryview(bytes(chunk_bytes))
+    per_client = total_bytes // clients // chunk_bytes
+    conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
+    locations = []
+    for conn in conns:
+        created = await conn.request(
+            "POST",
+            "/files",
+            {"Tus-Resumable": "1.0.0", "Upload-Length": str(per_client * chunk_bytes)},
+        )
+        assert created.status == 201, created.body
+        location = created.headers["location"]
+        locations.append("/" + location.split("/", 3)[-1] if "://" in location else location)
+
+    async def run(conn: Connection, path: str) -> None:
+        for index in range(per_client):
+            response = await conn.request(
+                "PATCH",
+                path,
+                {
+                    "Tus-Resumable": "1.0.0",
+                    "Upload-Offset": str(index * chunk_bytes),
+                    "Content-Type": "application/offset+octet-stream",
+                },
+                [payload],
+            )
+            assert response.status == 204, (response.status, response.body)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(c, p) for c, p in zip(conns, locations, strict=True)))
+    elapsed = time.perf_counter() - started
+    for conn in conns:
+        await conn.close()
+    return mb_per_s(per_client * clients * chunk_bytes, elapsed)
+
+
+async def upload_and_complete(
+    port: int, token: str, data: bytes, chunk_bytes: int, clients: int
+) -> dict[str, float]:
+    """One session, `clients` connections sending its chunks in parallel, then complete.
+    Returns the seconds from the last chunk's acknowledgement to the complete response,
+    and the end-to-end MB/s (init -> complete)."""
+    api = Client(port, token)
+    view = memoryview(data)
+    total_chunks = -(-len(data) // chunk_bytes)
+    conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
+    started = time.perf_counter()
+    session_id = await api.init(conns[0])
+    next_index = iter(range(total_chunks))
+    last_ack = started
+
+    async def run(conn: Connection) -> None:
+        nonlocal last_ack
+        for index in next_index:
+            await api.chunk(
+                conn, session_id, index, view[index * chunk_bytes : (index + 1) * chunk_bytes]
+            )
+            last_ack = max(last_ack, time.perf_counter())
+
+    await asyncio.gather(*(run(c) for c in conns))
+    acked = time.perf_counter()
+    result = await api.complete(conns[0], session_id, total_chunks)
+    finished = time.perf_counter()
+    assert result["data"]["size"] == len(data)
+    for conn in conns:
+        await conn.close()
+    return {
+        "complete_seconds": finished - acked,
+        "end_to_end_mb_s": mb_per_s(len(data), finished - started),
+    }
+
+
+async def put_object(s3: LocalS3Server, bucket: str, data: bytes) -> float:
+    """The S3 server's own PutObject throughput: one PUT of the whole body."""
+    conn = await Connection("127.0.0.1", s3.port).open()
+    started = time.perf_counter()
+    response = await conn.request(
+        "PUT", f"/{bucket}/putobject-{uuid.uuid4().hex}", {"Content-Type": "audio/wav"}, [data]
+    )
+    elapsed = time.perf_counter() - started
+    assert response.status == 200, response.body
+    await conn.close()
+    return mb_per_s(len(data), elapsed)
+
+
+async def peak_rss(
+    service: Process, token: str, streams: int, chunk_bytes: int, rounds: int
+) -> dict[str, int]:
+    """`streams` connections (one session each) sending `chunk_bytes` chunks at once."""
+    baseline = service.rss_bytes()
+    api = Client(service.port, token)
+    payload = memoryview(bytes(chunk_bytes))
+    conns = [await Connection("127.0.0.1", service.port).open() for _ in range(streams)]
+    sessions = [await api.init(conn) for conn in conns]
+    sampled = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal sampled
+        while not stop.is_set():
+            sampled = max(sampled, service.rss_bytes())
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+
+    async def run(conn: Connection, session_id: str) -> None:
+        for index in range(rounds):
+            await api.chunk(conn, session_id, index, payload)
+
+    await asyncio.gather(*(run(c, s) for c, s in zip(conns, sessions, strict=True)))
+    stop.set()
+    sampler.join()
+    peak = service.peak_rss_bytes()
+    for conn, session_id in zip(conns, sessions, strict=True):
+        await api.abort(session_id)
+        await conn.close()
+    return {
+        "baseline_rss_bytes": baseline,
+        "peak_rss_bytes": peak,
+        "sampled_max_rss_bytes": sampled,
+    }
+
+
+# ------------------------------------------------------------------------- driver
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+async def repeat(runs: int, make: Callable[[], Awaitable[float]]) -> list[float]:
+    return [await make() for _ in range(runs)]
+
+
+def clean_dir(path: Path) -> None:
+    if path.exists():
+        for child in path.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    runs = args.runs
+    ingest_bytes = args.ingest_mib * MiB
+    work_dir = Path(tempfile.mkdtemp(prefix="upload-bench-"))
+    keypair = KeyPair.generate()
+    token = keypair.token("bench-user")
+    s3 = LocalS3Server().start()
+    bucket = f"bench-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(bucket)
+    processes: list[Process] = []
+    results: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": cpu_description(),
+        "python": platform.python_version(),
+        "runs": runs,
+        "ingest_bytes": ingest_bytes,
+        "malloc_env": TUNED_MALLOC,
+        "ingest": [],
+    }
+    try:
+        tus_dir = install_tus(Path(__file__).resolve().parent / ".tus")
+        config = UploadServiceConfig(keypair, s3, bucket, work_dir, eager_flush=args.ingest_eager)
+        service = start_upload_service(config)
+        bare = start_bare(work_dir)
+        tus_files = work_dir / "tus-files"
+        tus = start_tus(tus_dir, tus_files)
+        processes += [service, bare, tus]
+
+        # ---- chunk ingest: service vs bare FastAPI vs tus-node, interleaved per run
+        for chunk_mib in args.chunk_mib:
+            for clients in args.clients:
+                figures: dict[str, list[float]] = {"service": [], "bare": [], "tus": []}
+                for _ in range(runs):
+                    figures["service"].append(
+                        await ingest_service(
+                            service.port, token, ingest_bytes, chunk_mib * MiB, clients
+                        )
+                    )
+                    figures["bare"].append(
+                        await ingest_bare(bare.port, ingest_bytes, chunk_mib * MiB, clients)
+                    )
+                    figures["tus"].append(
+                        await ingest_tus(tus.port, ingest_bytes, chunk_mib * MiB, clients)
+                    )
+                    clean_dir(tus_files)
+                row = {
+                    "chunk_mib": chunk_mib,
+                    "clients": clients,
+                    **{f"{k}_mb_s": median(v) for k, v in figures.items()},
+                    "samples": figures,
+                }
+                row["service_over_bare"] = row["service_mb_s"] / row["bare_mb_s"]
+                row["service_over_tus"] = row["service_mb_s"] / row["tus_mb_s"]
+                results["ingest"].append(row)
+                print(
+                    f"ingest {chunk_mib:>2} MiB x {clients}:"
+                    f" service {row['service_mb_s']:.0f} MB/s,"
+                    f" bare {row['bare_mb_s']:.0f}, tus {row['tus_mb_s']:.0f}"
+                    f" (x{row['service_over_bare']:.2f} bare, x{row['service_over_tus']:.2f} tus)",
+                    flush=True,
+                )
+        for process in (service, bare, tus):
+            process.stop()
+
+        # ---- complete latency and end-to-end, eager flush on and off, beside PutObject
+        results["complete"] = []
+        for size_mib in args.complete_mib:
+            data = wav_file(size_mib * MiB)
+            done: dict[str, Any] = {"size_mib": size_mib}
+            for eager in (True, False):
+                service = start_upload_service(
+                    UploadServiceConfig(keypair, s3, bucket, work_dir, eager_flush=eager)
+                )
+                processes.append(service)
+                samples = [
+                    await upload_and_complete(
+                        service.port, token, data, 8 * MiB, args.complete_clients
+                    )
+                    for _ in range(runs)
+                ]
+                service.stop()
+                label = "eager" if eager else "slow_path"
+                done[f"{label}_complete_seconds"] = median([s["complete_seconds"] for s in samples])
+                done[f"{label}_end_to_end_mb_s"] = median([s["end_to_end_mb_s"] for s in samples])
+                done[f"{label}_samples"] = samples
+            puts = [await put_object(s3, bucket, data) for _ in range(runs)]
+            done["put_object_mb_s"] = median(puts)
+            done["put_object_samples"] = puts
+            done["eager_end_to_end_over_put_object"] = (
+                done["eager_end_to_end_mb_s"] / done["put_object_mb_s"]
+            )
+            results["complete"].append(done)
+            print(
+                f"complete {size_mib} MiB: eager {done['eager_complete_seconds']:.2f} s"
+                f" (slow path {done['slow_path_complete_seconds']:.2f} s);"
+                f" end-to-end {done['eager_end_to_end_mb_s']:.0f} MB/s vs PutObject"
+                f" {done['put_object_mb_s']:.0f} MB/s",
+                flush=True,
+            )
+            del data
+            # moto keeps objects in memory: drop them between sizes.
+            s3_client: Any = s3.client()
+            for item in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []):
+                s3_client.delete_object(Bucket=bucket, Key=item["Key"])
+
+        # ---- peak RSS of a fresh service at 32 concurrent 16 MiB chunk streams
+        results["rss"] = []
+        for tuned in (True, False) if not args.quick else (True,):
+            service = start_upload_service(
+                UploadServiceConfig(keypair, s3, bucket, work_dir, malloc_tuned=tuned)
+            )
+            processes.append(service)
+            figures_rss = await peak_rss(
+                service, token, args.rss_streams, 16 * MiB, args.rss_rounds
+            )
+            service.stop()
+            results["rss"].append({"malloc_tuned": tuned, **figures_rss})
+            print(
+                f"peak RSS ({args.rss_streams} x 16 MiB, malloc {'tuned' if tuned else 'default'}):"
+                f" {figures_rss['peak_rss_bytes'] / 1e6:.0f} MB"
+                f" (baseline {figures_rss['baseline_rss_bytes'] / 1e6:.0f} MB)",
+                flush=True,
+            )
+    finally:
+        for process in processes:
+            process.stop()
+        s3.stop()
+        shutil.rmtree(work_dir, ignore_errors=True)
+    results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"Run {results['started_at']} on {results['machine']}, Python {results['python']};"
+        f" medians of {results['runs']} runs; ingest of"
+        f" {results['ingest_bytes'] // MiB} MiB per figure; MB = 10^6 bytes.",
+        "",
+        "| Chunk ingest | service MB/s | bare FastAPI MB/s | tus-node MB/s"
+        " | service ÷ bare | service ÷ tus |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["ingest"]:
+        lines.append(
+            f"| {row['chunk_mib']} MiB x {row['clients']} client{'s' if row['clients'] > 1 else ''}"
+            f" | {row['service_mb_s']:.0f} | {row['bare_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
+            f" | {row['service_over_bare']:.2f} | {row['service_over_tus']:.2f} |"
+        )
+    lines += [
+        "",
+        "| File | complete after last ack, eager | same, slow path"
+        " | end-to-end MB/s (eager) | same, slow path | moto PutObject MB/s"
+        " | end-to-end ÷ PutObject |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results.get("complete", []):
+        lines.append(
+            f"| {row['size_mib']} MiB | {row['eager_complete_seconds']:.2f} s"
+            f" | {row['slow_path_complete_seconds']:.2f} s | {row['eager_end_to_end_mb_s']:.0f}"
+            f" | {row['slow_path_end_to_end_mb_s']:.0f} | {row['put_object_mb_s']:.0f}"
+            f" | {row['eager_end_to_end_over_put_object']:.2f} |"
+        )
+    lines += [
+        "",
+        "| Peak RSS, 32 concurrent 16 MiB chunk streams | peak (VmHWM) | idle before |",
+        "|---|---:|---:|",
+    ]
+    for row in results.get("rss", []):
+        label = (
+            "malloc tuned (MALLOC_*_THRESHOLD_ set)" if row["malloc_tuned"] else "glibc defaults"
+        )
+        lines.append(
+            f"| {label} | {row['peak_rss_bytes'] / 1e6:.0f} MB"
+            f" | {row['baseline_rss_bytes'] / 1e6:.0f} MB |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small sizes, 1 run")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--ingest-mib", type=int, default=1024)
+    parser.add_argument("--chunk-mib", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--complete-mib", type=int, nargs="+", default=[100, 1024])
+    parser.add_argument("--complete-clients", type=int, default=8)
+    parser.add_argument("--rss-streams", type=int, default=32)
+    parser.add_argument("--rss-rounds", type=int, default=4)
+    parser.add_argument(
+        "--ingest-eager",
+        action="store_true",
+        help="keep eager flush on during the ingest figures (off by default: they "
+        "measure the chunk path; S3 work is measured by the complete figures)",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.ingest_mib, args.chunk_mib = 1, 64, [8]
+        args.complete_mib, args.rss_rounds = [32], 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = asyncio.run(main_async(args))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = "quick" if args.quick else "latest"
+    (RESULTS_DIR / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (RESULTS_DIR / f"{stamp}.md").write_text(table)
+    print()
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
