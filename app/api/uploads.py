@@ -21,7 +21,7 @@ from app.api.openapi_errors import (
 )
 from app.api.schemas import CompleteBody, Envelope, InitBody
 from app.errors import ChunkTooLarge, SessionNotFound, ValidationFailed
-from app.uploads.models import CompleteRequest, InitRequest, SessionView
+from app.uploads.models import CompleteRequest, InitRequest, SessionView, UploadSession
 
 router = APIRouter(prefix="/upload", tags=["upload"])
 
@@ -76,9 +76,11 @@ async def upload_chunk(
     if declared_length and declared_length.isdigit() and int(declared_length) > limit:
         raise ChunkTooLarge(details={"max_chunk_size": uploads.policy.max_chunk_size})
 
+    checked: list[UploadSession] = []
+
     async def check_session(session_id: str) -> None:
         _bind_session(session_id)
-        await uploads.check_can_receive(principal, _session_id(session_id))
+        checked.append(await uploads.check_can_receive(principal, _session_id(session_id)))
 
     form = await read_chunk_form(
         request,
@@ -106,7 +108,9 @@ async def upload_chunk(
             await uploads.staging.remove_temp(staged)
         raise
     assert staged is not None
-    chunk = await uploads.accept_chunk(principal, session_id, index, staged, chunk_sha256)
+    chunk = await uploads.accept_chunk(
+        principal, session_id, index, staged, chunk_sha256, checked=checked[0] if checked else None
+    )
     return success(
         "Chunk uploaded successfully.",
         {

@@ -207,11 +207,18 @@ class UploadService:
         index: int,
         staged: StagedFile,
         chunk_sha256: str | None = None,
+        *,
+        checked: UploadSession | None = None,
     ) -> StoredChunk:
         """Make a fully written temp file chunk `index` of the session, replacing any
-        earlier one. On any refusal the temp file is removed."""
+        earlier one. On any refusal the temp file is removed. `checked`: the session as
+        `check_can_receive` returned it before the bytes were read, which saves reading
+        it again (its state is re-checked atomically when the chunk is recorded)."""
         try:
-            session = await self.check_can_receive(principal, session_id)
+            if checked is not None and checked.id == session_id:
+                session = checked
+            else:
+                session = await self.check_can_receive(principal, session_id)
             self._check_index(session, index)
             if chunk_sha256 is not None and chunk_sha256.lower() != staged.sha256:
                 raise ChecksumMismatch(
@@ -243,6 +250,7 @@ class UploadService:
                 raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
             if recorded.outcome is ChunkRecordOutcome.MISSING:
                 raise SessionNotFound()
+            await self.check_can_receive(principal, session_id)  # the precise refusal
             raise SessionNotAcceptingChunks()
         if recorded.replaced is not None and recorded.replaced.file_name != file_name:
             await self.staging.remove_chunk(session_id, recorded.replaced.file_name)
