@@ -273,6 +273,8 @@ class JanitorLoop:
     def __init__(self, container: Container) -> None:
         self._container = container
         self._task: asyncio.Task[None] | None = None
+        # Its own generator: the process-wide `random` state is not ours to move.
+        self._jitter = random.Random()
 
     def start(self) -> JanitorLoop:
         self._task = asyncio.create_task(self._run(), name="janitor")
@@ -301,7 +303,7 @@ class JanitorLoop:
         while True:
             await self._guarded(run_pass(container))
             # Jitter keeps replicas started together from sweeping in lock-step.
-            await asyncio.sleep(interval_seconds * random.uniform(0.9, 1.1))
+            await asyncio.sleep(interval_seconds * self._jitter.uniform(0.9, 1.1))
 
     @staticmethod
     async def _guarded(work: Any) -> None:

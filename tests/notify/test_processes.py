@@ -161,7 +161,9 @@ async def test_event_queued_before_a_crash_is_delivered_after_restart(
     assert pending.returncode == 0, pending.stderr
     [line] = pending.stdout.splitlines()
     event_id = line.split()[0]
-    assert "attempts=1" in line
+    # The inline attempt (or the delivery loop's, whichever claimed the event first)
+    # failed; a loop attempt still in flight at the SIGKILL leaves no record.
+    assert "attempts=0" in line or "attempts=1" in line
 
     await receiver.start()
     try:
@@ -176,7 +178,7 @@ async def test_event_queued_before_a_crash_is_delivered_after_restart(
             shown = admin(env, tmp_path, "outbox", "show", event_id)
             assert shown.returncode == 0, shown.stderr
             history = [line.split()[1] for line in shown.stdout.splitlines()[2:]]
-            assert history == ["retry", "delivered"]
+            assert history in (["retry", "delivered"], ["delivered"])
             assert admin(env, tmp_path, "outbox", "requeue", "no-such-event").returncode == 1
             # Delivered is final: the operator cannot send it again.
             requeue = admin(env, tmp_path, "outbox", "requeue", event_id)
