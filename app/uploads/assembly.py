@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -90,9 +90,9 @@ async def upload_in_parts(
             )
         await objects.finish(key, upload_id, [etags[n] for n in sorted(etags)])
     except BaseException as error:
-        await _abort_quietly(objects, key, upload_id)
+        await abort_quietly(objects, key, upload_id)
         if isinstance(error, BaseExceptionGroup):
-            raise _first_service_error(error) from error
+            raise first_service_error(error) from error
         raise
     return AssembledObject(size_bytes=size_bytes, sha256=sha256)
 
@@ -111,17 +111,19 @@ async def _maybe_await(value: object) -> None:
         await value
 
 
-async def _abort_quietly(objects: MultipartObjectStore, key: str, upload_id: str) -> None:
+async def abort_quietly(objects: MultipartObjectStore, key: str, upload_id: str) -> None:
+    """Abort a multipart upload on a failure path; a failed abort is only logged."""
     try:
         await objects.abort(key, upload_id)
     except Exception as error:  # noqa: BLE001 - the janitor reclaims what an abort could not
         log.warning("s3.abort_failed", key=key, error_type=type(error).__name__)
 
 
-def _first_service_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+def first_service_error(group: BaseExceptionGroup[Any]) -> BaseException:
+    """The error to answer with when parallel part uploads failed together."""
     for error in group.exceptions:
         if isinstance(error, BaseExceptionGroup):
-            return _first_service_error(error)
+            return first_service_error(error)
         if isinstance(error, ServiceError):
             return error
     return group.exceptions[0]

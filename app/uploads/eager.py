@@ -40,11 +40,12 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, Protocol
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 import structlog
 
-from app.errors import ChecksumMismatch, ServiceError
+from app.errors import ChecksumMismatch
+from app.uploads.assembly import abort_quietly, first_service_error
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
 from app.uploads.ports import ChunkStaging, MultipartObjectStore, SessionStore
 
@@ -331,10 +332,10 @@ class EagerFlusher:
                 session_id, object_key=target.key, upload_id=upload_id
             )
         except BaseException:
-            await _abort_quietly(self.objects, target.key, upload_id)
+            await abort_quietly(self.objects, target.key, upload_id)
             raise
         if not adopted:
-            await _abort_quietly(self.objects, target.key, upload_id)
+            await abort_quietly(self.objects, target.key, upload_id)
             return None
         return upload_id
 
@@ -369,7 +370,7 @@ class EagerFlusher:
     async def discard(self, session: UploadSession) -> None:
         """Abort the session's eager upload (if any) and forget its parts."""
         if session.multipart_upload_id is not None and session.object_key is not None:
-            await _abort_quietly(self.objects, session.object_key, session.multipart_upload_id)
+            await abort_quietly(self.objects, session.object_key, session.multipart_upload_id)
         await self.parts.clear_parts(session.id)
         self._digests.pop(session.id, None)
 
@@ -457,7 +458,7 @@ class EagerFlusher:
                     sent += 1
                     group.create_task(send(part, data))
         except BaseExceptionGroup as group_error:
-            raise _first_service_error(group_error) from group_error
+            raise first_service_error(group_error) from group_error
         finally:
             await asyncio.to_thread(stream.close)
         sha256 = state.hexdigest()
@@ -482,19 +483,3 @@ class EagerFlusher:
             parts_sent_at_complete=sent,
             prefix_rehashed_bytes=rehashed,
         )
-
-
-async def _abort_quietly(objects: MultipartObjectStore, key: str, upload_id: str) -> None:
-    try:
-        await objects.abort(key, upload_id)
-    except Exception as error:  # noqa: BLE001 - the janitor reclaims what an abort could not
-        log.warning("s3.abort_failed", key=key, error_type=type(error).__name__)
-
-
-def _first_service_error(group: BaseExceptionGroup[Any]) -> BaseException:
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            return _first_service_error(error)
-        if isinstance(error, ServiceError):
-            return error
-    return group.exceptions[0]
