@@ -4,10 +4,7 @@ file, whatever order chunks come in, however often they are re-sent, across a cr
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,18 +14,18 @@ from typing import Any
 import httpx
 import pytest
 
-from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
-from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server, free_port
+from app.dev.keys import KeyPair
+from app.dev.s3server import LocalS3Server
 from app.main import create_app
 from app.settings import Settings
 from app.uploads.service import UploadService
 from tests.conftest import running
+from tests.processes import ServiceProcess, service_env
 from tests.support import UploadApi, assert_error, sha256, split
 
 MiB = 1024 * 1024
 PART_SIZE = 5 * MiB
 CHUNK_SIZE = 3 * MiB + 4321  # never aligned with parts: parts span chunk boundaries
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -279,60 +276,19 @@ def service_process_env(
     keypair: KeyPair, s3_server: LocalS3Server, bucket: str, tmp_path: Path
 ) -> Callable[..., dict[str, str]]:
     def make(**overrides: str) -> dict[str, str]:
-        env = {
-            "PATH": os.environ.get("PATH", ""),
-            "PYTHONPATH": str(REPO_ROOT),
-            "MAIN_SERVICE_JWT_PUBLIC_KEY": keypair.public_pem,
-            "EXPECTED_JWT_ISSUER": DEV_ISSUER,
-            "EXPECTED_JWT_AUDIENCE": DEV_AUDIENCE,
-            "S3_BUCKET_NAME": bucket,
-            "S3_ENDPOINT_URL": s3_server.endpoint_url,
-            "S3_ACCESS_KEY": DEV_ACCESS_KEY,
-            "S3_SECRET_KEY": DEV_SECRET_KEY,
-            "S3_PART_SIZE_BYTES": str(PART_SIZE),
-            "EAGER_FLUSH": "true",
-            "LOCAL_TEMP_CHUNK_PATH": str(tmp_path / "staging"),
-            "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}",
-            "LOG_LEVEL": "WARNING",
-        }
-        env.update(overrides)
-        return env
+        database = {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"}
+        return service_env(
+            keypair,
+            s3_server.endpoint_url,
+            bucket,
+            database,
+            tmp_path / "staging",
+            s3_part_size_bytes=PART_SIZE,
+            eager_flush="true",
+            **overrides,
+        )
 
     return make
-
-
-def start_service(env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", "app.main:app"),
-            *("--host", "127.0.0.1", "--port", str(port), "--no-access-log"),
-        ],
-        env=env,
-        cwd=cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError("the service exited at start-up")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("the service did not start in time")
-
-
-def stop_service(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def test_kill_9_mid_flush_then_restart_and_complete_gives_the_exact_file(
@@ -347,32 +303,32 @@ async def test_kill_9_mid_flush_then_restart_and_complete_gives_the_exact_file(
     chunks = split(long_wav, CHUNK_SIZE)
     total_parts = len(long_wav) // PART_SIZE
     proxy = await SlowProxy(s3_server.port, bytes_per_second=16 * MiB).start()
-    port = free_port()
-    first = start_service(
-        service_process_env(S3_ENDPOINT_URL=proxy.url, S3_MAX_CONCURRENCY="1"), port, tmp_path
+    first = ServiceProcess(
+        service_process_env(S3_ENDPOINT_URL=proxy.url, S3_MAX_CONCURRENCY="1"), tmp_path
     )
+    await asyncio.to_thread(first.start)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        async with httpx.AsyncClient(base_url=first.url, timeout=60) as http:
             api = UploadApi(http, keypair)
             session_id = await api.session()
             await api.send_all(session_id, chunks)
             await flushed_parts(s3, bucket, 1)
-            os.kill(first.pid, signal.SIGKILL)
-            first.wait(timeout=10)
+            first.kill()
     finally:
-        stop_service(first)
+        first.stop()
         await proxy.stop()
     assert 1 <= parts_in_s3(s3, bucket) < total_parts, "the flush was not in flight"
 
-    second = start_service(service_process_env(), port, tmp_path)
+    second = ServiceProcess(service_process_env(), tmp_path)
+    await asyncio.to_thread(second.start)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+        async with httpx.AsyncClient(base_url=second.url, timeout=60) as http:
             api = UploadApi(http, keypair)
             response = await api.complete(session_id, len(chunks))
             assert response.status_code == 200, response.text
             data = response.json()["data"]
     finally:
-        stop_service(second)
+        second.stop()
     assert data["sha256"] == sha256(long_wav)
     assert stored_bytes(s3, bucket, data["key"]) == long_wav
     assert open_uploads(s3, bucket) == []
