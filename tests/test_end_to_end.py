@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import pytest
 
 from app.dev.keys import KeyPair
 from app.settings import Settings
+from tests.audio_factory import make_audio
 from tests.service_process import ServiceProcess, settings_env
 
 MiB = 1024 * 1024
@@ -37,26 +37,7 @@ def service(
 def recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("e2e") / "podcast.wav"
     # 170 s of 44.1 kHz stereo 16-bit: about 30 MB of real audio.
-    subprocess.run(
-        [
-            "sox",
-            "-n",
-            "-r",
-            "44100",
-            "-c",
-            "2",
-            "-b",
-            "16",
-            str(path),
-            "synth",
-            "170",
-            "pinknoise",
-            "tremolo",
-            "3",
-            "40",
-        ],
-        check=True,
-    )
+    make_audio("wav", path, 170, channels=2)
     return path
 
 
