@@ -40,6 +40,7 @@ from bench.servers import (
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+PHASES = ("ingest", "complete", "rss")
 
 
 def mb_per_s(size_bytes: int, seconds: float) -> float:
@@ -325,7 +326,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         processes += [service, bare, tus]
 
         # ---- chunk ingest: service vs bare FastAPI vs tus-node, interleaved per run
-        for chunk_mib in args.chunk_mib:
+        for chunk_mib in args.chunk_mib if "ingest" in args.phases else []:
             for clients in args.clients:
                 figures: dict[str, list[float]] = {"service": [], "bare": [], "tus": []}
                 for _ in range(runs):
@@ -362,7 +363,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
         # ---- complete latency and end-to-end, eager flush on and off, beside PutObject
         results["complete"] = []
-        for size_mib in args.complete_mib:
+        for size_mib in args.complete_mib if "complete" in args.phases else []:
             data = wav_file(size_mib * MiB)
             done: dict[str, Any] = {"size_mib": size_mib}
             for eager in (True, False):
@@ -403,7 +404,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
         # ---- peak RSS of a fresh service at 32 concurrent 16 MiB chunk streams
         results["rss"] = []
-        for tuned in (True, False) if not args.quick else (True,):
+        for tuned in ((True, False) if not args.quick else (True,)) if "rss" in args.phases else ():
             service = start_upload_service(
                 UploadServiceConfig(keypair, s3, bucket, work_dir, malloc_tuned=tuned)
             )
@@ -491,6 +492,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep eager flush on during the ingest figures (off by default: they "
         "measure the chunk path; S3 work is measured by the complete figures)",
     )
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=list(PHASES),
+        help="run only these parts of the suite (the results then hold only their figures)",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.runs, args.ingest_mib, args.chunk_mib = 1, 64, [8]
@@ -502,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     results = asyncio.run(main_async(args))
     RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = "quick" if args.quick else "latest"
+    # Only a full run replaces the README's figures.
+    stamp = "quick" if args.quick else "latest" if set(args.phases) == set(PHASES) else "partial"
     (RESULTS_DIR / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (RESULTS_DIR / f"{stamp}.md").write_text(table)
