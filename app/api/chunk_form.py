@@ -98,6 +98,9 @@ async def read_chunk_form(
         async for piece in _with_idle_timeout(request.stream(), idle_timeout_seconds):
             if not piece:
                 continue
+            if not isinstance(piece, bytes):
+                # The writer keeps views of the pieces until they are on disk.
+                piece = bytes(piece)
             try:
                 parser.write(piece)
             except MultipartParseError:
@@ -142,18 +145,49 @@ async def read_chunk_form(
 async def _with_idle_timeout(
     pieces: AsyncIterator[bytes], idle_timeout_seconds: float | None
 ) -> AsyncIterator[bytes]:
-    """The body's pieces; a wait longer than the timeout for the next one ends it."""
-    while True:
-        try:
-            async with asyncio.timeout(idle_timeout_seconds):
+    """The body's pieces; a wait longer than the timeout for the next one ends it.
+
+    One timer per request, re-armed only when it fires early, instead of a timeout scope
+    per piece: a chunk arrives in hundreds of pieces and this runs for each of them."""
+    if idle_timeout_seconds is None:
+        async for piece in pieces:
+            yield piece
+        return
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    waiting_since: float | None = None
+    timed_out = False
+    timer: asyncio.TimerHandle | None = None
+
+    def check() -> None:
+        nonlocal timer, timed_out
+        now = loop.time()
+        if waiting_since is not None and now - waiting_since >= idle_timeout_seconds:
+            timed_out = True
+            task.cancel()
+        else:
+            timer = loop.call_at((waiting_since or now) + idle_timeout_seconds, check)
+
+    timer = loop.call_at(loop.time() + idle_timeout_seconds, check)
+    try:
+        while True:
+            waiting_since = loop.time()
+            try:
                 piece = await anext(pieces)
-        except StopAsyncIteration:
-            return
-        except TimeoutError:
-            raise RequestIdleTimeout(
-                details={"idle_timeout_seconds": idle_timeout_seconds}
-            ) from None
-        yield piece
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                if timed_out and task.uncancel() == 0:
+                    raise RequestIdleTimeout(
+                        details={"idle_timeout_seconds": idle_timeout_seconds}
+                    ) from None
+                raise
+            waiting_since = None
+            yield piece
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 async def _discard(writers: list[ChunkWriter], form: ChunkForm) -> None:

@@ -7,7 +7,7 @@ Layout under the root (`LOCAL_TEMP_CHUNK_PATH`):
 Invariants: a chunk file appears under `sessions/` only by an atomic rename of a fully
 written, hashed temp file; every write has its own random name, so a re-sent chunk never
 overwrites the file a completion may be reading. Blocking file I/O runs in worker
-threads, in pieces of at most `WRITE_BUFFER_BYTES`, so memory stays flat per request.
+threads, in blocks of about `WRITE_BLOCK_BYTES`, so memory stays flat per request.
 
 Staging cap (`max_bytes`, 0 for none): this process counts the bytes it stages (reserved
 as they arrive, released when a file is removed) on top of what was on disk when last
@@ -19,6 +19,7 @@ fails with StagingFull and the caller discards the partial file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import io
@@ -34,7 +35,9 @@ from typing import BinaryIO
 from app.errors import ChunkTooLarge, StagingFull
 from app.uploads.models import StagedFile, StoredChunk
 
-WRITE_BUFFER_BYTES = 1024 * 1024
+WRITE_BLOCK_BYTES = 1024 * 1024
+# writev takes at most IOV_MAX buffers per call.
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 def _session_dir_name(session_id: str) -> str:
@@ -43,14 +46,24 @@ def _session_dir_name(session_id: str) -> str:
 
 
 class DiskChunkWriter:
+    """Hashes and writes one chunk to `incoming/` without copying its bytes.
+
+    The body's pieces are kept as they came (views of the server's read buffers) until a
+    block of WRITE_BLOCK_BYTES is gathered; a worker thread then hashes them and writes
+    them with one writev. One block is in the thread while the next one gathers, so
+    receiving and disk work overlap; memory per request stays under two blocks.
+    """
+
     def __init__(self, staging: DiskStaging, *, max_bytes: int) -> None:
         self._staging = staging
         self._max_bytes = max_bytes
         self._name = f"{uuid.uuid4().hex}.part"
         self._path = staging.incoming_dir / self._name
-        self._file: BinaryIO | None = None
+        self._fd = -1
         self._digest = hashlib.sha256()
-        self._buffer = bytearray()
+        self._pending: list[bytes | memoryview] = []
+        self._pending_bytes = 0
+        self._in_flight: asyncio.Future[None] | None = None
         self._size_bytes = 0
 
     @property
@@ -62,27 +75,36 @@ class DiskChunkWriter:
             raise ChunkTooLarge(details={"max_chunk_size": self._max_bytes})
         self._staging.reserve(len(data))
         self._size_bytes += len(data)
-        self._buffer += data
-        if len(self._buffer) >= WRITE_BUFFER_BYTES:
-            await self._flush()
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes >= WRITE_BLOCK_BYTES:
+            await self._send_block()
 
-    async def _flush(self) -> None:
-        # Hand the filled buffer itself to the thread (no copy) and start a new one.
-        block, self._buffer = self._buffer, bytearray()
+    async def _send_block(self) -> None:
+        await self._wait_in_flight()
+        block, self._pending, self._pending_bytes = self._pending, [], 0
         if block:
-            await asyncio.to_thread(self._write_block, block)
+            loop = asyncio.get_running_loop()
+            self._in_flight = loop.run_in_executor(None, self._write_block, block)
 
-    def _write_block(self, block: bytearray) -> None:
+    async def _wait_in_flight(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            await in_flight
+
+    def _write_block(self, block: list[bytes | memoryview]) -> None:
         try:
-            if self._file is None:
-                self._file = open(self._path, "wb")  # noqa: SIM115 - closed in finish/discard
-            self._digest.update(block)
-            self._file.write(block)
+            if self._fd < 0:
+                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            for piece in block:
+                self._digest.update(piece)
+            _write_all(self._fd, block)
         except OSError as error:
             raise _translate(error) from error
 
     async def finish(self) -> StagedFile:
-        await self._flush()
+        await self._send_block()
+        await self._wait_in_flight()
         await asyncio.to_thread(self._close, self._staging.fsync)
         return StagedFile(
             file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
@@ -90,24 +112,44 @@ class DiskChunkWriter:
 
     def _close(self, fsync: bool) -> None:
         try:
-            if self._file is None:
-                self._file = open(self._path, "wb")  # noqa: SIM115 - an empty chunk
-            self._file.flush()
+            if self._fd < 0:  # an empty chunk
+                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             if fsync:
-                os.fsync(self._file.fileno())
-            self._file.close()
+                os.fsync(self._fd)
         except OSError as error:
             raise _translate(error) from error
+        finally:
+            self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     async def discard(self) -> None:
+        # The block in the thread must be done before its file can go.
+        with contextlib.suppress(Exception):
+            await self._wait_in_flight()
+        self._pending, self._pending_bytes = [], 0
         await asyncio.to_thread(self._discard)
 
     def _discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
+        self._close_fd()
         self._path.unlink(missing_ok=True)
         self._staging.release(self._size_bytes)
         self._size_bytes = 0
+
+
+def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """os.writev until every byte is written (it may stop short, as write does)."""
+    views = [memoryview(piece) for piece in pieces]
+    while views:
+        written = os.writev(fd, views[:_IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 @dataclass(frozen=True)

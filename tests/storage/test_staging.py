@@ -1,0 +1,82 @@
+"""The chunk writer on a real directory: bytes and hash exact whatever the piece sizes,
+nothing left behind when a write is discarded or refused."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from app.errors import ChunkTooLarge
+from app.storage.staging import WRITE_BLOCK_BYTES, DiskStaging
+
+
+@pytest.fixture
+def staging(tmp_path: Path) -> DiskStaging:
+    staging = DiskStaging(tmp_path / "staging")
+    staging.prepare()
+    return staging
+
+
+def pieces_of(data: bytes, sizes: list[int]) -> list[memoryview]:
+    view, out, at = memoryview(data), [], 0
+    for size in sizes:
+        out.append(view[at : at + size])
+        at += size
+    out.append(view[at:])
+    return out
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [],  # one piece
+        [1, 2, 3, 65536, 1],  # small pieces, then the rest in one
+        [WRITE_BLOCK_BYTES - 1, 2, WRITE_BLOCK_BYTES, 7],  # pieces around the block edge
+        [65536] * 80,  # many blocks' worth in server-sized pieces
+    ],
+)
+async def test_written_file_and_hash_equal_the_pieces(
+    staging: DiskStaging, sizes: list[int]
+) -> None:
+    data = os.urandom(5 * WRITE_BLOCK_BYTES + 12345)
+    writer = staging.new_writer(max_bytes=len(data))
+    for piece in pieces_of(data, sizes):
+        await writer.write(piece)
+    staged = await writer.finish()
+
+    written = (staging.incoming_dir / staged.file_name).read_bytes()
+    assert written == data
+    assert staged.size_bytes == len(data)
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    assert staging.used_bytes == len(data)
+
+
+async def test_an_empty_chunk_is_an_empty_file(staging: DiskStaging) -> None:
+    staged = await staging.new_writer(max_bytes=10).finish()
+    assert (staging.incoming_dir / staged.file_name).read_bytes() == b""
+    assert staged.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+async def test_discard_with_a_block_in_flight_leaves_nothing(staging: DiskStaging) -> None:
+    writer = staging.new_writer(max_bytes=10 * WRITE_BLOCK_BYTES)
+    # Two blocks: the first is in the worker thread when the second is gathered.
+    await writer.write(bytes(WRITE_BLOCK_BYTES))
+    await writer.write(bytes(WRITE_BLOCK_BYTES))
+    await writer.discard()
+
+    assert list(staging.incoming_dir.iterdir()) == []
+    assert staging.used_bytes == 0
+
+
+async def test_a_chunk_over_the_limit_is_refused_and_discarded(staging: DiskStaging) -> None:
+    writer = staging.new_writer(max_bytes=WRITE_BLOCK_BYTES + 10)
+    await writer.write(bytes(WRITE_BLOCK_BYTES))
+    with pytest.raises(ChunkTooLarge):
+        await writer.write(bytes(11))
+    await writer.discard()
+
+    assert list(staging.incoming_dir.iterdir()) == []
+    assert staging.used_bytes == 0
