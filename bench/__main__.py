@@ -329,24 +329,31 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for chunk_mib in args.chunk_mib if "ingest" in args.phases else []:
             for clients in args.clients:
                 figures: dict[str, list[float]] = {"service": [], "bare": [], "tus": []}
+                cpu: dict[str, list[float]] = {"service": [], "bare": [], "tus": []}
+                chunk_bytes = chunk_mib * MiB
                 for _ in range(runs):
-                    figures["service"].append(
-                        await ingest_service(
-                            service.port, token, ingest_bytes, chunk_mib * MiB, clients
+                    for name, process, workload in (
+                        (
+                            "service",
+                            service,
+                            ingest_service(service.port, token, ingest_bytes, chunk_bytes, clients),
+                        ),
+                        ("bare", bare, ingest_bare(bare.port, ingest_bytes, chunk_bytes, clients)),
+                        ("tus", tus, ingest_tus(tus.port, ingest_bytes, chunk_bytes, clients)),
+                    ):
+                        cpu_before = process.cpu_seconds()
+                        figures[name].append(await workload)
+                        cpu[name].append(
+                            (process.cpu_seconds() - cpu_before) / (ingest_bytes / GiB)
                         )
-                    )
-                    figures["bare"].append(
-                        await ingest_bare(bare.port, ingest_bytes, chunk_mib * MiB, clients)
-                    )
-                    figures["tus"].append(
-                        await ingest_tus(tus.port, ingest_bytes, chunk_mib * MiB, clients)
-                    )
                     clean_dir(tus_files)
                 row = {
                     "chunk_mib": chunk_mib,
                     "clients": clients,
                     **{f"{k}_mb_s": median(v) for k, v in figures.items()},
+                    **{f"{k}_cpu_s_per_gib": median(v) for k, v in cpu.items()},
                     "samples": figures,
+                    "cpu_samples": cpu,
                 }
                 row["service_over_bare"] = row["service_mb_s"] / row["bare_mb_s"]
                 row["service_over_tus"] = row["service_mb_s"] / row["tus_mb_s"]
@@ -436,14 +443,16 @@ def markdown(results: dict[str, Any]) -> str:
         f" {results['ingest_bytes'] // MiB} MiB per figure; MB = 10^6 bytes.",
         "",
         "| Chunk ingest | service MB/s | bare FastAPI MB/s | tus-node MB/s"
-        " | service ÷ bare | service ÷ tus |",
-        "|---|---:|---:|---:|---:|---:|",
+        " | service ÷ bare | service ÷ tus | CPU-s per GiB: service / bare / tus |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["ingest"]:
         lines.append(
             f"| {row['chunk_mib']} MiB x {row['clients']} client{'s' if row['clients'] > 1 else ''}"
             f" | {row['service_mb_s']:.0f} | {row['bare_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
-            f" | {row['service_over_bare']:.2f} | {row['service_over_tus']:.2f} |"
+            f" | {row['service_over_bare']:.2f} | {row['service_over_tus']:.2f}"
+            f" | {row['service_cpu_s_per_gib']:.2f} / {row['bare_cpu_s_per_gib']:.2f}"
+            f" / {row['tus_cpu_s_per_gib']:.2f} |"
         )
     lines += [
         "",

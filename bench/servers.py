@@ -71,6 +71,12 @@ class Process:
     def rss_bytes(self) -> int:
         return _status_kib(self.pid, "VmRSS") * 1024
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the process so far, all its threads included."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # utime and stime are the 14th and 15th fields of stat(5); `fields` starts at the 3rd.
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 def _status_kib(pid: int, field_name: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
