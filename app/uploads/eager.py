@@ -109,8 +109,15 @@ class PartStore(Protocol):
 
     async def clear_parts(self, session_id: str) -> None: ...
 
-    async def adopt_upload(self, session_id: str, *, object_key: str, upload_id: str) -> bool:
-        """Name the upload on the session row if it is uploading and names none yet."""
+    async def adopt_upload(
+        self, session_id: str, *, object_key: str, upload_id: str, content_type: str
+    ) -> bool:
+        """Name the upload (and the Content-Type it was created with) on the session row
+        if it is uploading and names none yet."""
+        ...
+
+    async def created_content_type(self, session_id: str, upload_id: str) -> str | None:
+        """The Content-Type `adopt_upload` recorded for this upload; None if it did not."""
         ...
 
 
@@ -201,6 +208,7 @@ class EagerFlusher:
         objects: MultipartObjectStore,
         *,
         target: Callable[[UploadSession], ObjectTarget],
+        head_target: Callable[[UploadSession, BinaryIO], ObjectTarget | None],
         part_size_bytes: int,
         concurrency: int,
         clock: Callable[[], datetime] = utc_now,
@@ -210,6 +218,7 @@ class EagerFlusher:
         self.staging = staging
         self.objects = objects
         self._target = target
+        self._head_target = head_target
         self._part_size_bytes = part_size_bytes
         self._concurrency = concurrency
         self._clock = clock
@@ -259,9 +268,12 @@ class EagerFlusher:
         plan = plan_parts(chunks, self._part_size_bytes, include_tail=False)[: MAX_PARTS - 1]
         if not plan:
             return 0
-        target = self._target(session)
+        key = self._target(session).key
         upload_id = session.multipart_upload_id
         if upload_id is None:
+            target = await asyncio.to_thread(self._target_from_head, session, chunks)
+            if target is None:
+                return 0  # the head shows the file will be refused: send nothing
             upload_id = await self._open_upload(session_id, target)
             if upload_id is None:
                 return 0
@@ -292,7 +304,7 @@ class EagerFlusher:
                         self._buffers.release()  # read only to extend the hash
                         continue
                     sent += 1
-                    group.create_task(self._send(session_id, upload_id, target.key, part, data))
+                    group.create_task(self._send(session_id, upload_id, key, part, data))
         finally:
             await asyncio.to_thread(stream.close)
         if sent:
@@ -323,13 +335,22 @@ class EagerFlusher:
             digest.extend(part, state)
         return data
 
+    def _target_from_head(
+        self, session: UploadSession, chunks: Sequence[StoredChunk]
+    ) -> ObjectTarget | None:
+        with self.staging.open_assembled(session.id, chunks) as stream:
+            return self._head_target(session, stream)
+
     async def _open_upload(self, session_id: str, target: ObjectTarget) -> str | None:
         upload_id = await self.objects.start(
             target.key, content_type=target.content_type, metadata=target.metadata
         )
         try:
             adopted = await self.parts.adopt_upload(
-                session_id, object_key=target.key, upload_id=upload_id
+                session_id,
+                object_key=target.key,
+                upload_id=upload_id,
+                content_type=target.content_type,
             )
         except BaseException:
             await abort_quietly(self.objects, target.key, upload_id)
@@ -387,16 +408,32 @@ class EagerFlusher:
         chunks: Sequence[StoredChunk],
         *,
         expected_sha256: str | None,
+        content_type: str,
     ) -> EagerResult | None:
-        """Send the parts S3 does not hold yet and commit the object. None when the
-        session has no usable eager upload (the caller then assembles from scratch).
-        Call after `take_over`. On failure the upload is aborted and its parts forgotten."""
+        """Send the parts S3 does not hold yet and commit the object as `content_type`.
+        None when the session has no usable eager upload (the caller then assembles from
+        scratch): none was opened, or it was created with another Content-Type (S3 fixes
+        it at creation; rare: chunk 0 changed, or its head was too short to tell and the
+        extension's type was wrong). Call after `take_over`. On failure the upload is
+        aborted and its parts forgotten."""
         upload_id = session.multipart_upload_id
         if upload_id is None or session.object_key is None:
             return None
         target = self._target(session)
         plan = plan_parts(chunks, self._part_size_bytes, include_tail=True)
-        if target.key != session.object_key or not plan or len(plan) > MAX_PARTS:
+        created = await self.parts.created_content_type(session.id, upload_id)
+        if (
+            target.key != session.object_key
+            or created != content_type
+            or not plan
+            or len(plan) > MAX_PARTS
+        ):
+            log.info(
+                "upload.eager_upload_dropped",
+                session_id=session.id,
+                created_content_type=created,
+                content_type=content_type,
+            )
             await self.discard(session)
             return None
         try:
