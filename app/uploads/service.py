@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -313,7 +314,13 @@ class UploadService:
             if self.eager is not None:
                 # Complete owns the session now: stop its background flush, then re-read
                 # the row, which names the multipart upload the flush opened (if any).
+                waited = time.perf_counter()
                 await self.eager.take_over(session.id)
+                log.info(
+                    "upload.eager_taken_over",
+                    session_id=session.id,
+                    waited_seconds=round(time.perf_counter() - waited, 3),
+                )
                 session = await self.store.get(session.id) or session
             # Chunks cannot change any more: re-read the records we now own.
             chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
