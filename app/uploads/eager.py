@@ -249,6 +249,9 @@ class EagerFlusher:
         self._digests: dict[str, PrefixDigest] = {}
         # Set by `poke` and `take_over`: wakes a pass waiting on its parts in flight.
         self._wakes: dict[str, asyncio.Event] = {}
+        # Chunk 0's SHA-256 when its head was judged not audio, so a session that keeps
+        # receiving chunks is not judged again for each (a changed chunk 0 is).
+        self._refused_heads: dict[str, str] = {}
 
     # ------------------------------------------------------------ background loop
     def poke(self, session_id: str) -> None:
@@ -306,9 +309,13 @@ class EagerFlusher:
                 if not plan:
                     break
                 if upload_id is None:
+                    if self._refused_heads.get(session_id) == chunks[0].sha256:
+                        break  # judged already; complete will refuse the file
                     target = await asyncio.to_thread(self._target_from_head, session, chunks)
                     if target is None:
-                        break  # the head shows the file will be refused: send nothing
+                        # The head shows the file will be refused: send nothing.
+                        self._refused_heads[session_id] = chunks[0].sha256
+                        break
                     upload_id = await self._open_upload(session_id, target)
                     if upload_id is None:
                         break
@@ -460,6 +467,7 @@ class EagerFlusher:
     def forget(self, session_id: str) -> None:
         self._stopped.discard(session_id)
         self._wakes.pop(session_id, None)
+        self._refused_heads.pop(session_id, None)
         self._dirty.discard(session_id)
         self._digests.pop(session_id, None)
 
