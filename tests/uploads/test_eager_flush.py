@@ -443,3 +443,41 @@ async def test_kill_9_mid_flush_then_restart_and_complete_gives_the_exact_file(
     head = s3.head_object(Bucket=bucket, Key=data["key"])
     assert head["ContentType"] == "audio/wav"
     assert "audio-format" not in head["Metadata"]
+
+
+async def test_chunks_resent_while_their_parts_are_in_flight_give_the_new_bytes(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    s3: Any,
+    s3_server: LocalS3Server,
+    long_wav: bytes,
+) -> None:
+    chunks = split(long_wav, CHUNK_SIZE)
+    proxy = await SlowProxy(s3_server.port, bytes_per_second=16 * MiB).start()
+    try:
+        settings = settings_factory(
+            s3_part_size_bytes=PART_SIZE,
+            eager_flush=True,
+            s3_endpoint_url=proxy.url,
+            s3_max_concurrency=1,
+        )
+        bucket = settings.s3_bucket_name
+        async with service(settings) as (http, _):
+            api = UploadApi(http, keypair)
+            session_id = await api.session()
+            garbled = [chunks[0]] + [bytes(reversed(c)) for c in chunks[1:]]
+            await api.send_all(session_id, garbled)
+            await flushed_parts(s3, bucket, 1)
+            # The later parts are in flight or queued with the wrong bytes.
+            assert parts_in_s3(s3, bucket) < len(long_wav) // PART_SIZE
+            for index in range(1, len(chunks)):
+                response = await api.chunk(session_id, index, chunks[index])
+                assert response.status_code == 200, response.text
+            response = await api.complete(session_id, len(chunks))
+            assert response.status_code == 200, response.text
+            data = response.json()["data"]
+    finally:
+        await proxy.stop()
+    assert data["sha256"] == sha256(long_wav)
+    assert stored_bytes(s3, bucket, data["key"]) == long_wav
+    assert open_uploads(s3, bucket) == []
