@@ -21,8 +21,8 @@ from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
 from app.storage.stats import count_sessions_by_state, staging_bytes
-from app.uploads.audio import AudioFacts, inspect_audio
-from app.uploads.service import AudioInspector, UploadPolicy, UploadService
+from app.uploads.audio import AudioFacts, inspect_audio, sniff_head
+from app.uploads.service import AudioInspector, HeadSniffer, UploadPolicy, UploadService
 
 
 @dataclass
@@ -62,6 +62,15 @@ def audio_inspector(settings: Settings) -> AudioInspector:
         return inspect_audio(stream, file_name, allowed)
 
     return inspect
+
+
+def head_sniffer(settings: Settings) -> HeadSniffer:
+    allowed = settings.allowed_audio_formats
+
+    def sniff(stream: BinaryIO, file_name: str) -> str | None:
+        return sniff_head(stream, file_name, allowed)
+
+    return sniff
 
 
 def policy_from(settings: Settings) -> UploadPolicy:
@@ -112,6 +121,7 @@ async def build_container(
             objects,
             policy_from(settings),
             inspect_audio=audio_inspector(settings),
+            sniff_head=head_sniffer(settings),
             notifier=notifier,
             parts=SqlPartStore(engine),
         )

@@ -66,7 +66,9 @@ class SqlPartStore:
         async with self.engine.begin() as conn:
             await conn.execute(delete(upload_parts).where(P.session_id == session_id))
 
-    async def adopt_upload(self, session_id: str, *, object_key: str, upload_id: str) -> bool:
+    async def adopt_upload(
+        self, session_id: str, *, object_key: str, upload_id: str, content_type: str
+    ) -> bool:
         async with self.engine.begin() as conn:
             adopted = await conn.execute(
                 update(upload_sessions)
@@ -75,6 +77,19 @@ class SqlPartStore:
                     S.state == SessionState.UPLOADING.value,
                     S.multipart_upload_id.is_(None),
                 )
-                .values(object_key=object_key, multipart_upload_id=upload_id)
+                .values(
+                    object_key=object_key,
+                    multipart_upload_id=upload_id,
+                    eager_upload={"upload_id": upload_id, "content_type": content_type},
+                )
             )
             return bool(adopted.rowcount == 1)
+
+    async def created_content_type(self, session_id: str, upload_id: str) -> str | None:
+        async with self.engine.connect() as conn:
+            created = await conn.scalar(select(S.eager_upload).where(S.id == session_id))
+        # Keyed by upload id: an upload the plain path started later (and named on the
+        # same row) is not one the flusher created.
+        if isinstance(created, dict) and created.get("upload_id") == upload_id:
+            return str(created["content_type"])
+        return None

@@ -127,21 +127,6 @@ class S3MultipartStore:
     async def abort(self, key: str, upload_id: str) -> None:
         await self._call("abort_multipart_upload", Bucket=self._bucket, Key=key, UploadId=upload_id)
 
-    async def replace_metadata(
-        self, key: str, *, content_type: str, metadata: dict[str, str]
-    ) -> None:
-        # Eager flush starts the upload before the metadata is known; S3 changes an
-        # object's metadata only by copying it onto itself (server-side, <= 5 GiB).
-        await self._call(
-            "copy_object",
-            Bucket=self._bucket,
-            Key=key,
-            CopySource={"Bucket": self._bucket, "Key": key},
-            MetadataDirective="REPLACE",
-            ContentType=content_type,
-            Metadata=metadata,
-        )
-
     async def check(self) -> None:
         await self._call("head_bucket", Bucket=self._bucket)
 

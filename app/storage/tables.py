@@ -64,6 +64,9 @@ upload_sessions = Table(
     Column("object_key", String(1024)),
     Column("multipart_upload_id", String(1024)),
     Column("result", JSON),
+    # Eager flush: {"upload_id", "content_type"} of the multipart upload it created, so
+    # `complete` (in any process) knows the Content-Type S3 will give the object.
+    Column("eager_upload", JSON),
 )
 
 upload_chunks = Table(

@@ -59,6 +59,7 @@ __all__ = [
     "AudioFacts",
     "UnsupportedAudio",
     "inspect_audio",
+    "sniff_head",
 ]
 
 READ_BUDGET_BYTES = 4 * 1024 * 1024
@@ -229,6 +230,38 @@ def inspect_audio(
     )
 
 
+def sniff_head(
+    stream: BinaryIO, file_name: str, allowed_formats: Collection[str] | None = None
+) -> str | None:
+    """The content type `inspect_audio` would give a file that starts with `stream` (e.g.
+    its first chunk, before the rest has arrived), judged by the signature alone.
+
+    None when `stream` ends before the signature can be told (too short, or ID3 tags
+    longer than it): the caller does not know yet. Raises UnsupportedAudio when the head
+    settles it: no signature we accept where the signature must be, a format the
+    extension does not name, or a format not in `allowed_formats` (the same refusals
+    `inspect_audio` makes from the same bytes). The stream parsing that `inspect_audio`
+    also does (duration, damaged headers) needs the whole file and is not done here.
+    """
+    reader = _BudgetReader(stream, READ_BUDGET_BYTES)
+    try:
+        sniffed = _sniff(reader)
+    except Exception as exc:
+        reader.reraise_stream_failure()
+        if reader.over_budget or reader.ended_short:
+            return None
+        raise UnsupportedAudio("The file is not audio in a supported format.") from exc
+    if sniffed is None:
+        if reader.ended_short:
+            return None
+        raise UnsupportedAudio("The file is not audio in a supported format.")
+    spec = FORMATS[sniffed.format]
+    _check_extension(spec, file_name)
+    if allowed_formats is not None and sniffed.format not in allowed_formats:
+        raise UnsupportedAudio(f"{spec.label} audio is not accepted here.")
+    return spec.content_type
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -249,6 +282,7 @@ class _BudgetReader(io.RawIOBase):
         self._budget = budget
         self.bytes_read = 0
         self.over_budget = False
+        self.ended_short = False  # a read asked for more than the stream held
         self._stream_failure: BaseException | None = None
         self._pos = 0
         self.size = self._call(lambda: raw.seek(0, io.SEEK_END))
@@ -291,6 +325,8 @@ class _BudgetReader(io.RawIOBase):
     def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
         wanted = min(len(view), max(0, self.size - self._pos))
+        if wanted < len(view):
+            self.ended_short = True
         if wanted == 0:
             return 0
         if self.bytes_read + wanted > self._budget:

@@ -31,12 +31,30 @@ the flusher keeps, in memory, the hash state of the contiguous run of parts it h
 with a snapshot after each part so a changed part rewinds it instead of discarding it.
 SHA-256 states cannot be combined, so after a restart (or on another replica) `complete`
 reads the flushed prefix back from staging once more to hash it.
+
+What the object is created with: S3 fixes Content-Type and metadata at
+CreateMultipartUpload, long before the file is whole, and changing them afterwards takes
+a server-side copy of the object (as slow as a second upload on some stores, and capped
+at 5 GiB). So the upload is created with only what is known then (`head_target`):
+* the Content-Type the audio check will give, judged from the head of the staged chunks
+  (audio.sniff_head: the same signature the check reads); the extension's while the
+  head is too short to tell; and no upload at all when the head is clearly not audio
+  (complete then refuses the file with 415 as it would anyway);
+* the metadata known at init (session id, file id, a `sha256` declared at init).
+The audio facts and a computed SHA-256 are therefore not in an eager object's metadata;
+they are in the completion result and the notification. The Content-Type used is kept on
+the session row, so `finish` (in any process) can tell when the completion's full check
+found another one (chunk 0 re-sent as another format, or a short head's extension
+guess was wrong): it then aborts the eager upload and the caller stores the file by the
+plain path, with full metadata. That is rare and costs one plain upload; a copy would
+be no cheaper and would not work past 5 GiB.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -109,8 +127,15 @@ class PartStore(Protocol):
 
     async def clear_parts(self, session_id: str) -> None: ...
 
-    async def adopt_upload(self, session_id: str, *, object_key: str, upload_id: str) -> bool:
-        """Name the upload on the session row if it is uploading and names none yet."""
+    async def adopt_upload(
+        self, session_id: str, *, object_key: str, upload_id: str, content_type: str
+    ) -> bool:
+        """Name the upload (and the Content-Type it was created with) on the session row
+        if it is uploading and names none yet."""
+        ...
+
+    async def created_content_type(self, session_id: str, upload_id: str) -> str | None:
+        """The Content-Type `adopt_upload` recorded for this upload; None if it did not."""
         ...
 
 
@@ -201,6 +226,7 @@ class EagerFlusher:
         objects: MultipartObjectStore,
         *,
         target: Callable[[UploadSession], ObjectTarget],
+        head_target: Callable[[UploadSession, BinaryIO], ObjectTarget | None],
         part_size_bytes: int,
         concurrency: int,
         clock: Callable[[], datetime] = utc_now,
@@ -210,6 +236,7 @@ class EagerFlusher:
         self.staging = staging
         self.objects = objects
         self._target = target
+        self._head_target = head_target
         self._part_size_bytes = part_size_bytes
         self._concurrency = concurrency
         self._clock = clock
@@ -220,6 +247,11 @@ class EagerFlusher:
         self._dirty: set[str] = set()
         self._stopped: set[str] = set()
         self._digests: dict[str, PrefixDigest] = {}
+        # Set by `poke` and `take_over`: wakes a pass waiting on its parts in flight.
+        self._wakes: dict[str, asyncio.Event] = {}
+        # Chunk 0's SHA-256 when its head was judged not audio, so a session that keeps
+        # receiving chunks is not judged again for each (a changed chunk 0 is).
+        self._refused_heads: dict[str, str] = {}
 
     # ------------------------------------------------------------ background loop
     def poke(self, session_id: str) -> None:
@@ -228,6 +260,9 @@ class EagerFlusher:
             return
         if session_id in self._tasks:
             self._dirty.add(session_id)
+            wake = self._wakes.get(session_id)
+            if wake is not None:
+                wake.set()
             return
         self._tasks[session_id] = asyncio.create_task(self._run(session_id))
 
@@ -248,53 +283,108 @@ class EagerFlusher:
                     return
         finally:
             self._tasks.pop(session_id, None)
+            self._wakes.pop(session_id, None)
 
     async def flush_once(self, session_id: str) -> int:
         """One pass: send every full part the contiguous chunks cover and S3 does not hold
-        yet. Returns the number of parts sent."""
+        yet. Chunks that arrive while its parts are in flight extend the pass (so the
+        pipeline of part uploads does not drain between passes). Returns the number of
+        parts sent."""
         session = await self.store.get(session_id)
         if session is None or session.state is not SessionState.UPLOADING:
             return 0
-        chunks = contiguous_prefix(await self.store.list_chunks(session_id))
-        plan = plan_parts(chunks, self._part_size_bytes, include_tail=False)[: MAX_PARTS - 1]
-        if not plan:
-            return 0
-        target = self._target(session)
+        key = self._target(session).key
         upload_id = session.multipart_upload_id
-        if upload_id is None:
-            upload_id = await self._open_upload(session_id, target)
-            if upload_id is None:
-                return 0
-        recorded = {p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)}
-        digest = self._digest_for(session_id, upload_id)
-        hashed = digest.rewind_to(plan)
-        work = [
-            part
-            for part in plan
-            if part.part_number > hashed
-            or not (part.part_number in recorded and recorded[part.part_number].holds(part))
-        ]
+        launched: dict[int, PlannedPart] = {}
+        in_flight: set[asyncio.Task[None]] = set()
+        wake = self._wakes.setdefault(session_id, asyncio.Event())
         sent = 0
-        stream = await asyncio.to_thread(self.staging.open_assembled, session_id, chunks)
-        try:
-            async with asyncio.TaskGroup() as group:
-                for part in work:
-                    if session_id in self._stopped:
+        async with asyncio.TaskGroup() as group:
+            while session_id not in self._stopped:
+                self._dirty.discard(session_id)
+                wake.clear()
+                chunks = contiguous_prefix(await self.store.list_chunks(session_id))
+                plan = plan_parts(chunks, self._part_size_bytes, include_tail=False)
+                plan = plan[: MAX_PARTS - 1]
+                if not plan:
+                    break
+                if upload_id is None:
+                    if self._refused_heads.get(session_id) == chunks[0].sha256:
+                        break  # judged already; complete will refuse the file
+                    target = await asyncio.to_thread(self._target_from_head, session, chunks)
+                    if target is None:
+                        # The head shows the file will be refused: send nothing.
+                        self._refused_heads[session_id] = chunks[0].sha256
                         break
-                    await self._buffers.acquire()
-                    try:
-                        data = await asyncio.to_thread(self._read_and_hash, stream, part, digest)
-                    except BaseException:
-                        self._buffers.release()
-                        raise
-                    held = recorded.get(part.part_number)
-                    if held is not None and held.holds(part):
-                        self._buffers.release()  # read only to extend the hash
-                        continue
-                    sent += 1
-                    group.create_task(self._send(session_id, upload_id, target.key, part, data))
-        finally:
-            await asyncio.to_thread(stream.close)
+                    upload_id = await self._open_upload(session_id, target)
+                    if upload_id is None:
+                        break
+                if any(launched.get(p.part_number, p) != p for p in plan):
+                    # A part in flight no longer holds what the plan says (a chunk was
+                    # re-sent): the next pass sends it again once this one has landed, so
+                    # two uploads of one part number never race.
+                    self._dirty.add(session_id)
+                    break
+                recorded = {
+                    p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)
+                }
+                digest = self._digest_for(session_id, upload_id)
+                hashed = digest.rewind_to(plan)
+                work = [
+                    part
+                    for part in plan
+                    if part.part_number not in launched
+                    and (
+                        part.part_number > hashed
+                        or not (
+                            part.part_number in recorded and recorded[part.part_number].holds(part)
+                        )
+                    )
+                ]
+                stream = (
+                    await asyncio.to_thread(self.staging.open_assembled, session_id, chunks)
+                    if work
+                    else None
+                )
+                try:
+                    for part in work:
+                        if session_id in self._stopped:
+                            break
+                        await self._buffers.acquire()
+                        try:
+                            assert stream is not None  # opened since there is work
+                            data = await asyncio.to_thread(
+                                self._read_and_hash, stream, part, digest
+                            )
+                        except BaseException:
+                            self._buffers.release()
+                            raise
+                        held = recorded.get(part.part_number)
+                        if held is not None and held.holds(part):
+                            self._buffers.release()  # read only to extend the hash
+                            continue
+                        sent += 1
+                        launched[part.part_number] = part
+                        task = group.create_task(self._send(session_id, upload_id, key, part, data))
+                        in_flight.add(task)
+                        task.add_done_callback(in_flight.discard)
+                finally:
+                    if stream is not None:
+                        await asyncio.to_thread(stream.close)
+                if session_id in self._dirty:
+                    continue
+                if not in_flight:
+                    break
+                # Sleep until a chunk arrives (extend the pass) or every part has landed.
+                woken = asyncio.ensure_future(wake.wait())
+                landed = asyncio.ensure_future(asyncio.wait(set(in_flight)))
+                try:
+                    await asyncio.wait({woken, landed}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    woken.cancel()
+                    landed.cancel()
+                if session_id not in self._dirty:
+                    break
         if sent:
             log.info("upload.eager_flushed", session_id=session_id, parts=sent)
         return sent
@@ -323,13 +413,22 @@ class EagerFlusher:
             digest.extend(part, state)
         return data
 
+    def _target_from_head(
+        self, session: UploadSession, chunks: Sequence[StoredChunk]
+    ) -> ObjectTarget | None:
+        with self.staging.open_assembled(session.id, chunks) as stream:
+            return self._head_target(session, stream)
+
     async def _open_upload(self, session_id: str, target: ObjectTarget) -> str | None:
         upload_id = await self.objects.start(
             target.key, content_type=target.content_type, metadata=target.metadata
         )
         try:
             adopted = await self.parts.adopt_upload(
-                session_id, object_key=target.key, upload_id=upload_id
+                session_id,
+                object_key=target.key,
+                upload_id=upload_id,
+                content_type=target.content_type,
             )
         except BaseException:
             await abort_quietly(self.objects, target.key, upload_id)
@@ -350,6 +449,9 @@ class EagerFlusher:
         """Stop flushing this session (complete or abort owns it now); in-flight parts
         finish first, within TAKE_OVER_WAIT_SECONDS."""
         self._stopped.add(session_id)
+        wake = self._wakes.get(session_id)
+        if wake is not None:
+            wake.set()
         task = self._tasks.get(session_id)
         if task is None:
             return
@@ -364,6 +466,8 @@ class EagerFlusher:
 
     def forget(self, session_id: str) -> None:
         self._stopped.discard(session_id)
+        self._wakes.pop(session_id, None)
+        self._refused_heads.pop(session_id, None)
         self._dirty.discard(session_id)
         self._digests.pop(session_id, None)
 
@@ -387,16 +491,32 @@ class EagerFlusher:
         chunks: Sequence[StoredChunk],
         *,
         expected_sha256: str | None,
+        content_type: str,
     ) -> EagerResult | None:
-        """Send the parts S3 does not hold yet and commit the object. None when the
-        session has no usable eager upload (the caller then assembles from scratch).
-        Call after `take_over`. On failure the upload is aborted and its parts forgotten."""
+        """Send the parts S3 does not hold yet and commit the object as `content_type`.
+        None when the session has no usable eager upload (the caller then assembles from
+        scratch): none was opened, or it was created with another Content-Type (S3 fixes
+        it at creation; rare: chunk 0 changed, or its head was too short to tell and the
+        extension's type was wrong). Call after `take_over`. On failure the upload is
+        aborted and its parts forgotten."""
         upload_id = session.multipart_upload_id
         if upload_id is None or session.object_key is None:
             return None
         target = self._target(session)
         plan = plan_parts(chunks, self._part_size_bytes, include_tail=True)
-        if target.key != session.object_key or not plan or len(plan) > MAX_PARTS:
+        created = await self.parts.created_content_type(session.id, upload_id)
+        if (
+            target.key != session.object_key
+            or created != content_type
+            or not plan
+            or len(plan) > MAX_PARTS
+        ):
+            log.info(
+                "upload.eager_upload_dropped",
+                session_id=session.id,
+                created_content_type=created,
+                content_type=content_type,
+            )
             await self.discard(session)
             return None
         try:
@@ -446,6 +566,7 @@ class EagerFlusher:
             finally:
                 slots.release()
 
+        started = time.perf_counter()
         stream = await asyncio.to_thread(self.staging.open_assembled, session_id, chunks)
         try:
             async with asyncio.TaskGroup() as group:
@@ -467,7 +588,9 @@ class EagerFlusher:
                 "The assembled file's SHA-256 does not match the declared sha256.",
                 details={"expected": expected_sha256, "actual": sha256},
             )
+        sent_at = time.perf_counter()
         await self.objects.finish(key, upload_id, [etags[p.part_number] for p in plan])
+        committed_at = time.perf_counter()
         await self.parts.clear_parts(session_id)
         self.forget(session_id)
         log.info(
@@ -476,6 +599,8 @@ class EagerFlusher:
             parts=len(plan),
             parts_sent_at_complete=sent,
             prefix_rehashed_bytes=rehashed,
+            send_seconds=round(sent_at - started, 3),
+            commit_seconds=round(committed_at - sent_at, 3),
         )
         return EagerResult(
             size_bytes=sum(p.size_bytes for p in plan),

@@ -140,12 +140,6 @@ class MultipartObjectStore(Protocol):
 
     async def abort(self, key: str, upload_id: str) -> None: ...
 
-    async def replace_metadata(
-        self, key: str, *, content_type: str, metadata: dict[str, str]
-    ) -> None:
-        """Set a stored object's Content-Type and metadata (a server-side copy)."""
-        ...
-
     def url_for(self, key: str) -> str: ...
 
     @property

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -90,6 +91,12 @@ AudioInspector = Callable[[BinaryIO, str], AudioFacts]
 """Reads the head (and tail) of the assembled file and says what audio it is, or raises
 audio.UnsupportedAudio. Blocking: it runs in a worker thread."""
 
+HeadSniffer = Callable[[BinaryIO, str], str | None]
+"""Reads the head of a file whose start the stream holds (its first staged chunks) and
+says which Content-Type the AudioInspector will give it, None if the head is too short to
+tell, or raises audio.UnsupportedAudio when the head alone shows it will refuse the file.
+Blocking: it runs in a worker thread."""
+
 
 @dataclass(frozen=True)
 class UploadPolicy:
@@ -115,6 +122,7 @@ class UploadService:
         policy: UploadPolicy,
         *,
         inspect_audio: AudioInspector | None = None,
+        sniff_head: HeadSniffer | None = None,
         clock: Callable[[], datetime] = utc_now,
         notifier: CompletionNotifier | None = None,
         parts: PartStore | None = None,
@@ -124,6 +132,7 @@ class UploadService:
         self.objects = objects
         self.policy = policy
         self._inspect_audio = inspect_audio
+        self._sniff_head = sniff_head
         self._clock = clock
         self._notifier = notifier
         # Eager flush (issue 7): parts go to S3 while chunks arrive; off without a PartStore.
@@ -135,6 +144,7 @@ class UploadService:
                 staging,
                 objects,
                 target=self._object_target,
+                head_target=self._eager_target,
                 part_size_bytes=policy.part_size_bytes,
                 concurrency=policy.part_concurrency,
                 clock=clock,
@@ -304,7 +314,13 @@ class UploadService:
             if self.eager is not None:
                 # Complete owns the session now: stop its background flush, then re-read
                 # the row, which names the multipart upload the flush opened (if any).
+                waited = time.perf_counter()
                 await self.eager.take_over(session.id)
+                log.info(
+                    "upload.eager_taken_over",
+                    session_id=session.id,
+                    waited_seconds=round(time.perf_counter() - waited, 3),
+                )
                 session = await self.store.get(session.id) or session
             # Chunks cannot change any more: re-read the records we now own.
             chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
@@ -415,16 +431,15 @@ class UploadService:
         key = target.key
         facts_metadata = facts.as_metadata() if facts else {}
         if self.eager is not None:
-            eager = await self.eager.finish(session, chunks, expected_sha256=expected_sha256)
+            # The eager upload was created with what was known then (`_eager_target`): no
+            # audio facts, and the SHA-256 only if declared at init. Rewriting metadata
+            # would take a server-side copy of the whole object, so the facts stay in the
+            # result and the notification. A Content-Type that turns out wrong makes
+            # `finish` drop the upload; the plain path below then stores the file.
+            eager = await self.eager.finish(
+                session, chunks, expected_sha256=expected_sha256, content_type=content_type
+            )
             if eager is not None:
-                # The eager upload started before the bytes were inspected and hashed, and
-                # S3 fixes metadata at start: a server-side copy onto itself sets the final
-                # Content-Type and metadata (no byte passes through the service).
-                metadata = {"sha256": eager.sha256, **target.metadata, **facts_metadata}
-                if content_type != target.content_type or metadata != target.metadata:
-                    await self.objects.replace_metadata(
-                        key, content_type=content_type, metadata=metadata
-                    )
                 return self._result(key, eager.size_bytes, eager.sha256, content_type, facts)
         # S3 metadata is fixed when the multipart upload starts, so the file's SHA-256 must
         # be known by then: declared by the client (verified while uploading, before the
@@ -500,6 +515,26 @@ class UploadService:
             "main-service-file-id": str(session.main_service_file_id),
         }
         return ObjectTarget(key, self._content_type_from_name(session), metadata)
+
+    def _eager_target(self, session: UploadSession, head: BinaryIO) -> ObjectTarget | None:
+        """What an eager upload is created with, from the session and the head of its
+        staged bytes: the Content-Type the completion's audio check will find (the
+        extension's while the head is too short to tell), and the metadata known at init.
+        None: the head shows the completion will refuse the file, so nothing is sent.
+        Blocking (reads the head)."""
+        target = self._object_target(session)
+        content_type = target.content_type
+        if self._inspect_audio is not None and self._sniff_head is not None:
+            try:
+                detected = self._sniff_head(head, session.original_file_name)
+            except audio.UnsupportedAudio as refusal:
+                log.info("upload.eager_not_started", session_id=session.id, reason=refusal.reason)
+                return None
+            content_type = detected or content_type
+        metadata = dict(target.metadata)
+        if session.sha256 is not None:
+            metadata["sha256"] = session.sha256
+        return ObjectTarget(target.key, content_type, metadata)
 
     async def _inspect(
         self, session: UploadSession, open_stream: Callable[[], BinaryIO]

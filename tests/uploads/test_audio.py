@@ -12,7 +12,13 @@ from typing import BinaryIO, cast
 import pytest
 
 from app.uploads import audio
-from app.uploads.audio import READ_BUDGET_BYTES, AudioFacts, UnsupportedAudio, inspect_audio
+from app.uploads.audio import (
+    READ_BUDGET_BYTES,
+    AudioFacts,
+    UnsupportedAudio,
+    inspect_audio,
+    sniff_head,
+)
 from tests.audio_factory import KINDS, make_audio, make_png, missing_encoder
 
 SECONDS = 3.0
@@ -442,3 +448,39 @@ def test_every_format_id_is_documented_with_a_content_type() -> None:
     for fmt, spec in audio.FORMATS.items():
         assert spec.content_type.startswith("audio/"), fmt
     assert {e[0] for e in EXPECTED.values()} <= set(audio.FORMATS)
+
+
+# ---------------------------------------------------------------- sniff_head (eager flush)
+@pytest.mark.parametrize("kind", sorted(EXPECTED))
+def test_head_alone_gives_the_content_type_inspection_gives(
+    kind: str, made: dict[str, Path]
+) -> None:
+    path = made[kind]
+    head = path.read_bytes()[: 128 * 1024]
+    assert sniff_head(io.BytesIO(head), path.name) == inspect_path(path).content_type
+
+
+def test_head_too_short_to_tell_is_no_answer(made: dict[str, Path]) -> None:
+    wav = made["wav"].read_bytes()
+    assert sniff_head(io.BytesIO(wav[:3]), "a.wav") is None
+    # ID3 tags that run past the staged head: the signature after them is not there yet.
+    tagged = b"ID3\x04\x00\x00\x00\x01\x00\x00" + bytes(16384)
+    assert sniff_head(io.BytesIO(tagged[:10000]), "a.mp3") is None
+
+
+@pytest.mark.parametrize("fake", ["random", "text", "pdf", "zip"])
+def test_head_that_is_not_audio_is_refused(fake: str, tmp_path: Path) -> None:
+    data = _make_fake(fake, tmp_path / f"fake_{fake}").read_bytes()
+    padded = data + bytes(max(0, 70 * 1024 - len(data)))  # a head long enough to judge
+    with pytest.raises(UnsupportedAudio):
+        sniff_head(io.BytesIO(padded), "upload.wav")
+
+
+def test_head_contradicting_the_extension_or_allowed_formats_is_refused(
+    made: dict[str, Path],
+) -> None:
+    head = made["wav"].read_bytes()[: 128 * 1024]
+    with pytest.raises(UnsupportedAudio, match="extension"):
+        sniff_head(io.BytesIO(head), "a.mp3")
+    with pytest.raises(UnsupportedAudio, match="not accepted"):
+        sniff_head(io.BytesIO(head), "a.wav", {"mp3"})

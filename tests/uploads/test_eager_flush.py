@@ -19,6 +19,7 @@ from app.dev.s3server import LocalS3Server
 from app.main import create_app
 from app.settings import Settings
 from app.uploads.service import UploadService
+from tests.audio_factory import make_audio, missing_encoder
 from tests.conftest import running
 from tests.processes import ServiceProcess, service_env
 from tests.support import UploadApi, assert_error, sha256, split
@@ -105,10 +106,115 @@ async def test_parts_reach_s3_before_complete_and_the_row_names_the_upload(
     assert data["size"] == len(long_wav)
     assert stored_bytes(s3, bucket, data["key"]) == long_wav
     head = s3.head_object(Bucket=bucket, Key=data["key"])
-    assert head["ContentType"] == data["content_type"]
-    # Metadata fixed after the eager commit (the upload began before it was known).
+    # The upload was created with the type chunk 0's head showed, and the metadata known
+    # at init; the audio facts and the computed SHA-256 are in the response only.
+    assert data["content_type"] == "audio/wav"
+    assert head["ContentType"] == "audio/wav"
+    assert head["Metadata"] == {"upload-session-id": session_id, "main-service-file-id": "42"}
+    assert data["audio_format"] == "wav"
+    assert open_uploads(s3, bucket) == []
+
+
+async def test_sha256_declared_at_init_is_in_the_eager_objects_metadata(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, s3: Any, long_wav: bytes
+) -> None:
+    settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
+    bucket = settings.s3_bucket_name
+    chunks = split(long_wav, CHUNK_SIZE)
+    async with service(settings) as (http, _):
+        api = UploadApi(http, keypair)
+        session_id = await api.session(sha256=sha256(long_wav))
+        await api.send_all(session_id, chunks)
+        await flushed_parts(s3, bucket, len(long_wav) // PART_SIZE)
+        response = await api.complete(session_id, len(chunks))
+        assert response.status_code == 200, response.text
+        key = response.json()["data"]["key"]
+    head = s3.head_object(Bucket=bucket, Key=key)
+    assert head["ContentType"] == "audio/wav"
     assert head["Metadata"]["sha256"] == sha256(long_wav)
-    assert head["Metadata"]["audio-format"] == "wav"
+    assert stored_bytes(s3, bucket, key) == long_wav
+
+
+async def test_chunk_zero_that_is_not_audio_starts_no_upload_and_completion_refuses_it(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, s3: Any, long_wav: bytes
+) -> None:
+    settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
+    bucket = settings.s3_bucket_name
+    # Enough bytes for several parts, none of them audio (the WAV's bytes, reversed).
+    chunks = split(bytes(reversed(long_wav)), CHUNK_SIZE)
+    async with service(settings) as (http, uploads):
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        await api.send_all(session_id, chunks)
+        assert uploads.eager is not None
+        assert await uploads.eager.flush_once(session_id) == 0
+        assert open_uploads(s3, bucket) == []
+        row = await uploads.store.get(session_id)
+        assert row is not None and row.multipart_upload_id is None
+        refused = await api.complete(session_id, len(chunks))
+        assert_error(refused, 415, "unsupported_audio")
+    assert open_uploads(s3, bucket) == []
+    assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+
+async def test_refusal_at_completion_aborts_the_eager_upload_and_stays_completable(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, s3: Any, long_wav: bytes
+) -> None:
+    settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
+    bucket = settings.s3_bucket_name
+    chunks = split(long_wav, CHUNK_SIZE)
+    async with service(settings) as (http, _):
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        await api.send_all(session_id, chunks)
+        await flushed_parts(s3, bucket, len(long_wav) // PART_SIZE)
+        # Chunk 0 re-sent as non-audio after the upload was created from its old head.
+        garbage = bytes(len(chunks[0]))
+        assert (await api.chunk(session_id, 0, garbage)).status_code == 200
+        refused = await api.complete(session_id, len(chunks))
+        assert_error(refused, 415, "unsupported_audio")
+        assert open_uploads(s3, bucket) == []
+        assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+
+        assert (await api.chunk(session_id, 0, chunks[0])).status_code == 200
+        response = await api.complete(session_id, len(chunks))
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+    assert data["sha256"] == sha256(long_wav)
+    assert stored_bytes(s3, bucket, data["key"]) == long_wav
+    assert open_uploads(s3, bucket) == []
+
+
+async def test_content_type_other_than_at_creation_falls_back_to_the_plain_path(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, s3: Any, tmp_path: Path
+) -> None:
+    for kind in ("aac", "m4a"):
+        if reason := missing_encoder(kind):
+            pytest.skip(reason)
+    # ".aac" may hold raw ADTS (audio/aac) or MP4 (audio/mp4): chunk 0 is ADTS when the
+    # upload is created, then re-sent as the MP4 file's head.
+    adts = make_audio("aac", tmp_path / "head.aac", 70).read_bytes()
+    mp4 = make_audio("m4a", tmp_path / "body.m4a", 420).read_bytes()
+    settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
+    bucket = settings.s3_bucket_name
+    chunks = split(mp4, MiB)
+    assert len(adts) >= MiB and len(mp4) > PART_SIZE + MiB
+    async with service(settings) as (http, _):
+        api = UploadApi(http, keypair)
+        session_id = await api.session(name="voice.aac")
+        await api.send_all(session_id, [adts[:MiB], *chunks[1:]])
+        await flushed_parts(s3, bucket, 1)
+        assert (await api.chunk(session_id, 0, chunks[0])).status_code == 200
+        response = await api.complete(session_id, len(chunks))
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+    assert data["content_type"] == "audio/mp4"
+    head = s3.head_object(Bucket=bucket, Key=data["key"])
+    assert head["ContentType"] == "audio/mp4"
+    # The plain path's object: every fact in its metadata.
+    assert head["Metadata"]["audio-format"] == "m4a"
+    assert head["Metadata"]["sha256"] == sha256(mp4)
+    assert stored_bytes(s3, bucket, data["key"]) == mp4
     assert open_uploads(s3, bucket) == []
 
 
@@ -329,6 +435,49 @@ async def test_kill_9_mid_flush_then_restart_and_complete_gives_the_exact_file(
             data = response.json()["data"]
     finally:
         second.stop()
+    assert data["sha256"] == sha256(long_wav)
+    assert stored_bytes(s3, bucket, data["key"]) == long_wav
+    assert open_uploads(s3, bucket) == []
+    # The restarted process completed the upload the first one created (it knew the
+    # Content-Type from the row), not a fresh plain-path one (which would carry facts).
+    head = s3.head_object(Bucket=bucket, Key=data["key"])
+    assert head["ContentType"] == "audio/wav"
+    assert "audio-format" not in head["Metadata"]
+
+
+async def test_chunks_resent_while_their_parts_are_in_flight_give_the_new_bytes(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    s3: Any,
+    s3_server: LocalS3Server,
+    long_wav: bytes,
+) -> None:
+    chunks = split(long_wav, CHUNK_SIZE)
+    proxy = await SlowProxy(s3_server.port, bytes_per_second=16 * MiB).start()
+    try:
+        settings = settings_factory(
+            s3_part_size_bytes=PART_SIZE,
+            eager_flush=True,
+            s3_endpoint_url=proxy.url,
+            s3_max_concurrency=1,
+        )
+        bucket = settings.s3_bucket_name
+        async with service(settings) as (http, _):
+            api = UploadApi(http, keypair)
+            session_id = await api.session()
+            garbled = [chunks[0]] + [bytes(reversed(c)) for c in chunks[1:]]
+            await api.send_all(session_id, garbled)
+            await flushed_parts(s3, bucket, 1)
+            # The later parts are in flight or queued with the wrong bytes.
+            assert parts_in_s3(s3, bucket) < len(long_wav) // PART_SIZE
+            for index in range(1, len(chunks)):
+                response = await api.chunk(session_id, index, chunks[index])
+                assert response.status_code == 200, response.text
+            response = await api.complete(session_id, len(chunks))
+            assert response.status_code == 200, response.text
+            data = response.json()["data"]
+    finally:
+        await proxy.stop()
     assert data["sha256"] == sha256(long_wav)
     assert stored_bytes(s3, bucket, data["key"]) == long_wav
     assert open_uploads(s3, bucket) == []
