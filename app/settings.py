@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     s3_part_size_bytes: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * GiB)
     s3_max_concurrency: int = Field(default=4, ge=1, le=64)
     s3_timeout_seconds: float = Field(default=30.0, gt=0)
+    s3_sign_payload: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="SigV4 hash of every part body: auto = over http only (TLS already "
+        "protects https bodies, and the hash is a whole extra pass over every byte).",
+    )
 
     # --- staging and database -------------------------------------------------------
     local_temp_chunk_path: Path = Path("./data/staging")

@@ -27,6 +27,15 @@ from app.settings import Settings
 log = structlog.get_logger(__name__)
 
 
+def _sign_payload(settings: Settings) -> bool:
+    """botocore skips the body hash over https only when a checksum header is sent, and
+    we send none (see above): so decide here. Over TLS the body is already protected."""
+    if settings.s3_sign_payload != "auto":
+        return settings.s3_sign_payload == "always"
+    endpoint = settings.s3_endpoint_url or "https://"  # unset: AWS, over https
+    return not endpoint.lower().startswith("https://")
+
+
 @dataclass(frozen=True)
 class PendingMultipartUpload:
     key: str
@@ -48,7 +57,10 @@ class S3MultipartStore:
         settings = self._settings
         config = AioConfig(
             signature_version="s3v4",
-            s3={"addressing_style": settings.s3_addressing_style},
+            s3={
+                "addressing_style": settings.s3_addressing_style,
+                "payload_signing_enabled": _sign_payload(settings),
+            },
             retries={"max_attempts": 3, "mode": "standard"},
             connect_timeout=settings.s3_timeout_seconds,
             read_timeout=settings.s3_timeout_seconds,

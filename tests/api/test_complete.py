@@ -9,6 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from app.dev.keys import KeyPair
 from app.dev.s3server import LocalS3Server
 from app.main import create_app
@@ -308,3 +310,42 @@ async def test_a_completion_that_lost_its_lease_keeps_the_chunks(
     finally:
         proxy.stop()
     assert s3.get_object(Bucket=settings.s3_bucket_name, Key=key)["Body"].read() == audio_wav
+
+
+@pytest.mark.parametrize(("sign_payload", "signed"), [("auto", True), ("never", False)])
+async def test_part_bodies_are_signed_over_http_unless_told_not_to(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    s3_server: LocalS3Server,
+    s3: Any,
+    bucket: str,
+    audio_wav: bytes,
+    sign_payload: str,
+    signed: bool,
+) -> None:
+    # Seen on the wire between the service and S3 (plain http here).
+    proxy = await CuttableProxy(
+        "127.0.0.1", s3_server.port, watch=[b"partNumber=", b"UNSIGNED-PAYLOAD"]
+    ).start()
+    settings = settings_factory(s3_endpoint_url=proxy.url, s3_sign_payload=sign_payload)
+    try:
+        async with running(create_app(settings)) as http:
+            api = UploadApi(http, keypair)
+            session_id = await api.session()
+            chunks = split(audio_wav, 100_000)
+            await api.send_all(session_id, chunks)
+            response = await api.complete(session_id, len(chunks))
+            assert response.status_code == 200, response.text
+    finally:
+        await proxy.stop()
+
+    parts_sent = proxy.seen[b"partNumber="]
+    assert parts_sent >= 1
+    # Unsigned, every request says so (the parts and the calls around them).
+    if signed:
+        assert proxy.seen[b"UNSIGNED-PAYLOAD"] == 0
+    else:
+        assert proxy.seen[b"UNSIGNED-PAYLOAD"] >= parts_sent
+    key = response.json()["data"]["file_path_on_upload_service"].split(f"/{bucket}/", 1)[1]
+    stored = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert sha256(stored) == sha256(audio_wav)
