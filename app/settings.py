@@ -159,13 +159,12 @@ class Settings(BaseSettings):
 
     # --- eager flush (issue 7) -------------------------------------------------------
     eager_flush: bool = Field(
-        default=False,
+        default=True,
         description="Send contiguous chunks to S3 as multipart parts while the upload is "
         "going, so complete only sends the tail and commits. Such an object carries only "
         "the metadata known when its upload was created (no audio facts; sha256 only if "
-        "declared at init; README). Off by default: with the S3 server on the same 2 "
-        "cores, end-to-end time was not clearly better than the plain path's "
-        "(bench/README.md). False: complete assembles everything.",
+        "declared at init; README). False: complete assembles and sends everything, and "
+        "the object carries the full metadata.",
     )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
