@@ -4,6 +4,7 @@ adapter; routes never reach into storage directly."""
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import subprocess
 import sys
@@ -79,3 +80,16 @@ def test_the_service_loads_no_cli_and_no_migration_tool() -> None:
     )
     assert json.loads(done.stdout) == []
 
+
+def test_route_dependencies_are_coroutines() -> None:
+    """FastAPI runs a plain `def` dependency in a worker thread: a thread hand-off on every
+    request and, under many concurrent uploads, up to 40 more threads in the process."""
+    from app.api import deps
+
+    providers = [
+        function
+        for name, function in vars(deps).items()
+        if name.startswith("get_") and inspect.isfunction(function)
+    ]
+    assert len(providers) >= 3
+    assert [f.__name__ for f in providers if not inspect.iscoroutinefunction(f)] == []
