@@ -6,6 +6,8 @@ this module (in tests, in tools) neither reads the environment nor connects anyw
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         container = await build_container(settings, verifier, metrics)
         app.state.container = container
+        release_freed_heap()
         # Clean-up loop; on the exit stack so it stops before the parts it uses close.
         container.stack.push_async_callback(JanitorLoop(container).start().stop)
         log.info(
@@ -68,6 +71,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_http_edge(app, settings, metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+def release_freed_heap() -> None:
+    """Hands the heap memory that start-up allocated and freed (mostly botocore's JSON data
+    files, parsed while the S3 client is built) back to the OS: ~5 MB of idle RSS that
+    glibc would otherwise keep until reused. No-op without glibc."""
+    library = ctypes.util.find_library("c")
+    malloc_trim = getattr(ctypes.CDLL(library), "malloc_trim", None) if library else None
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 class RequestIdMiddleware:

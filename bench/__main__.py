@@ -466,24 +466,30 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for item in s3_client.list_objects_v2(Bucket=bucket).get("Contents", []):
                 s3_client.delete_object(Bucket=bucket, Key=item["Key"])
 
-        # ---- peak RSS of a fresh service at 32 concurrent 16 MiB chunk streams
+        # ---- peak RSS of a fresh service at 32 concurrent 16 MiB chunk streams, with the
+        # service's default (no eager flush) and with eager flush, which adds part buffers
         results["rss"] = []
-        for tuned in ((True, False) if not args.quick else (True,)) if "rss" in args.phases else ():
-            service = start_upload_service(
-                UploadServiceConfig(keypair, s3, bucket, work_dir, malloc_tuned=tuned)
-            )
-            processes.append(service)
-            figures_rss = await peak_rss(
-                service, token, args.rss_streams, 16 * MiB, args.rss_rounds
-            )
-            service.stop()
-            results["rss"].append({"malloc_tuned": tuned, **figures_rss})
-            print(
-                f"peak RSS ({args.rss_streams} x 16 MiB, malloc {'tuned' if tuned else 'default'}):"
-                f" {figures_rss['peak_rss_bytes'] / 1e6:.0f} MB"
-                f" (baseline {figures_rss['baseline_rss_bytes'] / 1e6:.0f} MB)",
-                flush=True,
-            )
+        tunings = (True, False) if not args.quick else (True,)
+        for tuned in tunings if "rss" in args.phases else ():
+            for eager in (False, True):
+                service = start_upload_service(
+                    UploadServiceConfig(
+                        keypair, s3, bucket, work_dir, eager_flush=eager, malloc_tuned=tuned
+                    )
+                )
+                processes.append(service)
+                figures_rss = await peak_rss(
+                    service, token, args.rss_streams, 16 * MiB, args.rss_rounds
+                )
+                service.stop()
+                results["rss"].append({"malloc_tuned": tuned, "eager": eager, **figures_rss})
+                print(
+                    f"peak RSS ({args.rss_streams} x 16 MiB,"
+                    f" malloc {'tuned' if tuned else 'default'}, eager {'on' if eager else 'off'}):"
+                    f" {figures_rss['peak_rss_bytes'] / 1e6:.0f} MB"
+                    f" (baseline {figures_rss['baseline_rss_bytes'] / 1e6:.0f} MB)",
+                    flush=True,
+                )
     finally:
         for process in processes:
             process.stop()
@@ -528,15 +534,20 @@ def markdown(results: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "| Peak RSS, 32 concurrent 16 MiB chunk streams | peak (VmHWM) | idle before |",
-        "|---|---:|---:|",
+        "| Peak RSS, 32 concurrent 16 MiB chunk streams | eager flush | peak (VmHWM)"
+        " | idle before |",
+        "|---|---|---:|---:|",
     ]
     for row in results.get("rss", []):
         label = (
-            "malloc tuned (MALLOC_*_THRESHOLD_ set)" if row["malloc_tuned"] else "glibc defaults"
+            "malloc tuned (MALLOC_*_THRESHOLD_ set)"
+            if row["malloc_tuned"]
+            else "glibc default thresholds"
         )
+        # Results written before eager was a dimension here measured with it on.
+        eager = "on" if row.get("eager", True) else "off (default)"
         lines.append(
-            f"| {label} | {row['peak_rss_bytes'] / 1e6:.0f} MB"
+            f"| {label} | {eager} | {row['peak_rss_bytes'] / 1e6:.0f} MB"
             f" | {row['baseline_rss_bytes'] / 1e6:.0f} MB |"
         )
     return "\n".join(lines) + "\n"

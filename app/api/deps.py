@@ -15,7 +15,10 @@ from app.uploads.service import UploadService
 _bearer = HTTPBearer(auto_error=False, description="RS256 JWT issued by the main service.")
 
 
-def get_container(request: Request) -> Container:
+# `async def` although nothing is awaited: FastAPI runs a plain `def` dependency in a
+# worker thread, a thread hand-off on every request (and up to 40 more threads under
+# concurrent uploads) for a dictionary look-up.
+async def get_container(request: Request) -> Container:
     container: Container | None = getattr(request.app.state, "container", None)
     if container is None:
         raise NotReady()
@@ -25,7 +28,7 @@ def get_container(request: Request) -> Container:
 AppContainer = Annotated[Container, Depends(get_container)]
 
 
-def get_upload_service(container: AppContainer) -> UploadService:
+async def get_upload_service(container: AppContainer) -> UploadService:
     return container.uploads
 
 

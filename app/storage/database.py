@@ -10,17 +10,22 @@ serialises all writers of one session.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS_PATH = Path(__file__).with_name("migrations")
 # An arbitrary constant: replicas starting together take turns migrating.
 _MIGRATION_LOCK_ID = 7_311_024_001
+# The newest migration in migrations/versions (a test checks they agree). A database
+# already there is not handed to alembic: importing alembic (with mako, and pygments
+# through mako) would cost the service ~10 MB of memory for as long as it runs.
+SCHEMA_REVISION = "0003_parts"
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
@@ -62,6 +67,8 @@ def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:
 
 
 def alembic_config(url: str | None = None) -> Config:
+    from alembic.config import Config  # only when migrating: see SCHEMA_REVISION
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_PATH))
     if url:
@@ -82,6 +89,18 @@ async def migrate(engine: AsyncEngine, *, schema: str | None = None) -> None:
 
 
 def _upgrade(connection: Connection) -> None:
+    if current_revision(connection) == SCHEMA_REVISION:
+        return
+    from alembic import command  # only when migrating: see SCHEMA_REVISION
+
     config = alembic_config()
     config.attributes["connection"] = connection
     command.upgrade(config, "head")
+
+
+def current_revision(connection: Connection) -> str | None:
+    """The revision alembic last recorded, read without alembic; None on a new database."""
+    if not inspect(connection).has_table("alembic_version"):
+        return None
+    revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return None if revision is None else str(revision)
