@@ -25,6 +25,7 @@ import hashlib
 import io
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from typing import BinaryIO
 from app.errors import ChunkTooLarge, StagingFull
 from app.uploads.models import StagedFile, StoredChunk
 
-WRITE_BLOCK_BYTES = 1024 * 1024
+WRITE_BLOCK_BYTES = 256 * 1024
 # writev takes at most IOV_MAX buffers per call.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -73,7 +74,7 @@ class DiskChunkWriter:
     async def write(self, data: bytes | memoryview) -> None:
         if self._size_bytes + len(data) > self._max_bytes:
             raise ChunkTooLarge(details={"max_chunk_size": self._max_bytes})
-        self._staging.reserve(len(data))
+        self._staging.reserve(len(data), writer=self._name)
         self._size_bytes += len(data)
         self._pending.append(data)
         self._pending_bytes += len(data)
@@ -106,6 +107,7 @@ class DiskChunkWriter:
         await self._send_block()
         await self._wait_in_flight()
         await asyncio.to_thread(self._close, self._staging.fsync)
+        self._staging.writer_done(self._name)
         return StagedFile(
             file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
         )
@@ -137,6 +139,7 @@ class DiskChunkWriter:
         self._close_fd()
         self._path.unlink(missing_ok=True)
         self._staging.release(self._size_bytes)
+        self._staging.writer_done(self._name)
         self._size_bytes = 0
 
 
@@ -167,6 +170,11 @@ class DiskStaging:
         self.incoming_dir = root / "incoming"
         self.sessions_dir = root / "sessions"
         self._used_bytes = 0
+        # Incoming files still being written, and what their writers reserved so far: a
+        # re-measure counts these by reservation, not by their size on disk at that moment.
+        self._writing: dict[str, int] = {}
+        # The counter moves on the event loop and in worker threads.
+        self._lock = threading.Lock()
 
     def prepare(self) -> None:
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
@@ -178,22 +186,38 @@ class DiskStaging:
     def used_bytes(self) -> int:
         return self._used_bytes
 
-    def reserve(self, size_bytes: int) -> None:
-        if self.max_bytes and self._used_bytes + size_bytes > self.max_bytes:
-            raise StagingFull(details={"staging_max_bytes": self.max_bytes})
-        self._used_bytes += size_bytes
+    def reserve(self, size_bytes: int, *, writer: str | None = None) -> None:
+        with self._lock:
+            if self.max_bytes and self._used_bytes + size_bytes > self.max_bytes:
+                raise StagingFull(details={"staging_max_bytes": self.max_bytes})
+            self._used_bytes += size_bytes
+            if writer is not None:
+                self._writing[writer] = self._writing.get(writer, 0) + size_bytes
 
     def release(self, size_bytes: int) -> None:
-        self._used_bytes = max(0, self._used_bytes - size_bytes)
+        with self._lock:
+            self._used_bytes = max(0, self._used_bytes - size_bytes)
+
+    def writer_done(self, writer: str) -> None:
+        """The writer's file is complete or gone: from now on it counts as what it is."""
+        with self._lock:
+            self._writing.pop(writer, None)
 
     async def refresh_usage(self) -> int:
-        """Re-measure the tree; bytes reserved by writes still in memory are kept."""
-        before = self._used_bytes
-        measured = await asyncio.to_thread(
-            lambda: _tree_bytes(self.incoming_dir) + _tree_bytes(self.sessions_dir)
-        )
-        # Writes that landed while measuring moved the counter; keep their share.
-        self._used_bytes = measured + max(0, self._used_bytes - before)
+        """Re-measure the tree. Files still being written count by what their writers
+        reserved (part of it may not be on disk yet); all else by its size on disk."""
+
+        def measure() -> int:
+            with self._lock:
+                writing = set(self._writing)
+            incoming = sum(
+                e.size_bytes for e in _entries(self.incoming_dir) if e.name not in writing
+            )
+            return incoming + _tree_bytes(self.sessions_dir)
+
+        measured = await asyncio.to_thread(measure)
+        with self._lock:
+            self._used_bytes = measured + sum(self._writing.values())
         return self._used_bytes
 
     # --- listings for the janitor ------------------------------------------------------

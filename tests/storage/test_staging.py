@@ -80,3 +80,20 @@ async def test_a_chunk_over_the_limit_is_refused_and_discarded(staging: DiskStag
 
     assert list(staging.incoming_dir.iterdir()) == []
     assert staging.used_bytes == 0
+
+
+async def test_re_measuring_during_a_write_counts_its_bytes_once(staging: DiskStaging) -> None:
+    writer = staging.new_writer(max_bytes=10 * WRITE_BLOCK_BYTES)
+    for _ in range(3):  # some of it on disk, some still gathering
+        await writer.write(bytes(WRITE_BLOCK_BYTES))
+    await writer.write(bytes(100))
+    reserved = 3 * WRITE_BLOCK_BYTES + 100
+
+    assert await staging.refresh_usage() == reserved
+    staged = await writer.finish()
+    assert staging.used_bytes == reserved
+    assert await staging.refresh_usage() == reserved
+
+    await staging.remove_temp(staged)
+    assert staging.used_bytes == 0
+    assert await staging.refresh_usage() == 0
