@@ -362,10 +362,14 @@ class EagerFlusher:
                         held = recorded.get(part.part_number)
                         if held is not None and held.holds(part):
                             self._buffers.release()  # read only to extend the hash
+                            del data
                             continue
                         sent += 1
                         launched[part.part_number] = part
                         task = group.create_task(self._send(session_id, upload_id, key, part, data))
+                        # Only the task may hold the part: this frame lives on while the
+                        # flusher waits for more chunks (8 MiB per session otherwise).
+                        del data
                         in_flight.add(task)
                         task.add_done_callback(in_flight.discard)
                 finally:
