@@ -545,7 +545,7 @@ def markdown(results: dict[str, Any]) -> str:
             else "glibc default thresholds"
         )
         # Results written before eager was a dimension here measured with it on.
-        eager = "on" if row.get("eager", True) else "off (default)"
+        eager = "on (default)" if row.get("eager", True) else "off"
         lines.append(
             f"| {label} | {eager} | {row['peak_rss_bytes'] / 1e6:.0f} MB"
             f" | {row['baseline_rss_bytes'] / 1e6:.0f} MB |"
