@@ -252,11 +252,26 @@ class EagerFlusher:
         # Chunk 0's SHA-256 when its head was judged not audio, so a session that keeps
         # receiving chunks is not judged again for each (a changed chunk 0 is).
         self._refused_heads: dict[str, str] = {}
+        # Bytes received here per session, and the sessions whose last pass found a gap
+        # in their chunks (see `poke`).
+        self._arrived: dict[str, int] = {}
+        self._gapped: set[str] = set()
 
     # ------------------------------------------------------------ background loop
-    def poke(self, session_id: str) -> None:
-        """A chunk arrived: flush what is ready, in the background."""
+    def poke(self, session_id: str, *, index: int, size_bytes: int) -> None:
+        """A chunk arrived: flush what is ready, in the background.
+
+        A pass reads the session's whole chunk list, so with small chunks it runs only
+        when the bytes received here cross a part boundary, for chunk 0, or while the last
+        pass saw a gap in the chunks (the one filling it may complete parts): not for
+        every chunk. A pass skipped only delays work: the next one, or `complete`, plans
+        from the database and sends whatever is still missing."""
         if session_id in self._stopped:
+            return
+        before = self._arrived.get(session_id, 0)
+        self._arrived[session_id] = before + size_bytes
+        crossed = (before + size_bytes) // self._part_size_bytes > before // self._part_size_bytes
+        if not crossed and index != 0 and session_id not in self._gapped:
             return
         if session_id in self._tasks:
             self._dirty.add(session_id)
@@ -303,7 +318,12 @@ class EagerFlusher:
             while session_id not in self._stopped:
                 self._dirty.discard(session_id)
                 wake.clear()
-                chunks = contiguous_prefix(await self.store.list_chunks(session_id))
+                listed = await self.store.list_chunks(session_id)
+                chunks = contiguous_prefix(listed)
+                if len(chunks) < len(listed):
+                    self._gapped.add(session_id)
+                else:
+                    self._gapped.discard(session_id)
                 plan = plan_parts(chunks, self._part_size_bytes, include_tail=False)
                 plan = plan[: MAX_PARTS - 1]
                 if not plan:
@@ -474,6 +494,8 @@ class EagerFlusher:
         self._refused_heads.pop(session_id, None)
         self._dirty.discard(session_id)
         self._digests.pop(session_id, None)
+        self._arrived.pop(session_id, None)
+        self._gapped.discard(session_id)
 
     async def discard(self, session: UploadSession) -> None:
         """Abort the session's eager upload (if any) and forget its parts."""

@@ -272,7 +272,7 @@ class UploadService:
             replaced=recorded.replaced is not None,
         )
         if self.eager is not None:
-            self.eager.poke(session_id)
+            self.eager.poke(session_id, index=index, size_bytes=chunk.size_bytes)
         return chunk
 
     # ------------------------------------------------------------------- complete

@@ -18,6 +18,7 @@ from app.dev.keys import KeyPair
 from app.dev.s3server import LocalS3Server
 from app.main import create_app
 from app.settings import Settings
+from app.uploads.models import StoredChunk
 from app.uploads.service import UploadService
 from tests.audio_factory import make_audio, missing_encoder
 from tests.conftest import running
@@ -113,6 +114,38 @@ async def test_parts_reach_s3_before_complete_and_the_row_names_the_upload(
     assert head["Metadata"] == {"upload-session-id": session_id, "main-service-file-id": "42"}
     assert data["audio_format"] == "wav"
     assert open_uploads(s3, bucket) == []
+
+
+async def test_small_chunks_start_a_pass_per_part_not_per_chunk(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, s3: Any, long_wav: bytes
+) -> None:
+    settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
+    bucket = settings.s3_bucket_name
+    chunks = split(long_wav, 256 * 1024)
+    async with service(settings) as (http, uploads):
+        assert uploads.eager is not None
+        store = uploads.eager.store
+        listings = 0
+        list_chunks = store.list_chunks
+
+        async def counted(session_id: str) -> list[StoredChunk]:
+            nonlocal listings
+            listings += 1
+            return await list_chunks(session_id)
+
+        store.list_chunks = counted  # type: ignore[method-assign]
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        for index, chunk in enumerate(chunks[:-1]):  # in order, one at a time
+            assert (await api.chunk(session_id, index, chunk)).status_code == 200
+        full_parts = sum(len(c) for c in chunks[:-1]) // PART_SIZE
+        await flushed_parts(s3, bucket, full_parts)
+        store.list_chunks = list_chunks  # type: ignore[method-assign]
+    # One pass for chunk 0 and one per part boundary crossed (a pass may look twice),
+    # where a pass per chunk would have listed them len(chunks) - 1 times.
+    assert full_parts >= 4
+    assert listings <= 2 * (full_parts + 1)
+    assert listings < (len(chunks) - 1) // 4
 
 
 async def test_sha256_declared_at_init_is_in_the_eager_objects_metadata(
