@@ -293,10 +293,13 @@ async def multipart_object(
 async def peak_rss(
     service: Process, token: str, streams: int, chunk_bytes: int, rounds: int
 ) -> dict[str, int]:
-    """`streams` connections (one session each) sending `chunk_bytes` chunks at once."""
+    """`streams` connections (one session each) sending `chunk_bytes` chunks at once; the
+    peak includes the background work those chunks start (eager flush), read once the
+    process has gone idle."""
     baseline = service.rss_bytes()
     api = Client(service.port, token)
-    payload = memoryview(bytes(chunk_bytes))
+    # Real audio at the head, or eager flush would (rightly) refuse to start an upload.
+    payload = memoryview(wav_file(chunk_bytes))
     conns = [await Connection("127.0.0.1", service.port).open() for _ in range(streams)]
     sessions = [await api.init(conn) for conn in conns]
     sampled = 0
@@ -316,6 +319,7 @@ async def peak_rss(
             await api.chunk(conn, session_id, index, payload)
 
     await asyncio.gather(*(run(c, s) for c, s in zip(conns, sessions, strict=True)))
+    await until_idle(service)
     stop.set()
     sampler.join()
     peak = service.peak_rss_bytes()
@@ -327,6 +331,19 @@ async def peak_rss(
         "peak_rss_bytes": peak,
         "sampled_max_rss_bytes": sampled,
     }
+
+
+async def until_idle(process: Process, *, timeout_seconds: float = 120.0) -> None:
+    """Returns once the process used under 2% of a core over a quarter second."""
+    deadline = time.monotonic() + timeout_seconds
+    before = process.cpu_seconds()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+        now = process.cpu_seconds()
+        if now - before < 0.005:
+            return
+        before = now
+    raise TimeoutError(f"{process.name} did not go idle within {timeout_seconds} s")
 
 
 # ------------------------------------------------------------------------- driver
