@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -109,7 +109,10 @@ async def sweep_expired(
     grace_seconds: float,
     retention_seconds: float,
     report: JanitorReport | None = None,
+    forget: Callable[[str], None] | None = None,
 ) -> JanitorReport:
+    """`forget`: told each expired session's id, so in-memory state kept for it (eager
+    flush's) goes with it."""
     report = report or JanitorReport()
     lease_lapsed_before = now - timedelta(seconds=grace_seconds)
     for _ in range(MAX_BATCHES_PER_PASS):
@@ -133,6 +136,8 @@ async def sweep_expired(
                 continue
             report.expired_sessions += 1
             log.info("janitor.session_expired", session_id=session.id)
+            if forget is not None:
+                forget(session.id)
             await staging.remove_session(session.id)
             await _abort_quietly(objects, expired.object_key, expired.multipart_upload_id)
         if len(stale) < BATCH_SIZE:
@@ -233,6 +238,7 @@ async def run_pass(container: Container, *, now: datetime | None = None) -> Jani
         now=now,
         grace_seconds=settings.orphan_grace_seconds,
         retention_seconds=settings.expired_retention_seconds,
+        forget=container.uploads.eager.forget if container.uploads.eager is not None else None,
     )
     await remove_orphan_staging(
         container.store,

@@ -155,6 +155,25 @@ async def test_open_sessions_keep_young_unrecorded_files(settings_factory, keypa
         assert fresh_temp.exists()
 
 
+async def test_expiry_drops_what_eager_flush_kept_in_memory_for_the_session(
+    settings_factory, keypair, audio_wav
+):
+    settings = settings_factory(session_ttl_seconds=TTL_SECONDS, eager_flush=True)
+    app = create_app(settings)
+    async with running(app) as client:
+        eager = app.state.container.uploads.eager
+        api = UploadApi(client, keypair)
+        session_id = await api.session()
+        assert (await api.chunk(session_id, 0, audio_wav[:5000])).status_code == 200
+        assert session_id in eager._arrived  # counted towards its next flush pass
+
+        report = await run_pass(
+            app.state.container, now=utc_now() + timedelta(seconds=2 * TTL_SECONDS)
+        )
+        assert report.expired_sessions == 1
+        assert session_id not in eager._arrived
+
+
 def test_admin_command_runs_one_pass(keypair, s3_server, bucket, database, tmp_path):
     staging = tmp_path / "staging"
     stale = staging / "incoming" / "old.part"
