@@ -19,7 +19,6 @@ fails with StagingFull and the caller discards the partial file.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import hashlib
 import io
@@ -89,9 +88,11 @@ class DiskChunkWriter:
             self._in_flight = loop.run_in_executor(None, self._write_block, block)
 
     async def _wait_in_flight(self) -> None:
-        in_flight, self._in_flight = self._in_flight, None
-        if in_flight is not None:
-            await in_flight
+        if self._in_flight is not None:
+            # Shielded, and forgotten only once done: a cancelled request must not leave
+            # the thread writing to a descriptor that `discard` closes (and the OS reuses).
+            await asyncio.shield(self._in_flight)
+            self._in_flight = None
 
     def _write_block(self, block: list[bytes | memoryview]) -> None:
         try:
@@ -129,11 +130,23 @@ class DiskChunkWriter:
             self._fd = -1
 
     async def discard(self) -> None:
-        # The block in the thread must be done before its file can go.
-        with contextlib.suppress(Exception):
-            await self._wait_in_flight()
         self._pending, self._pending_bytes = [], 0
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None and not in_flight.done():
+            # The thread must be done with the descriptor before the file can go.
+            try:
+                await asyncio.shield(in_flight)
+            except asyncio.CancelledError:
+                in_flight.add_done_callback(self._discard_when_written)
+                raise
+            except Exception:  # noqa: BLE001, S110 - its error is moot: the chunk is dropped
+                pass
         await asyncio.to_thread(self._discard)
+
+    def _discard_when_written(self, written: asyncio.Future[None]) -> None:
+        if not written.cancelled():
+            written.exception()  # retrieved: the chunk is dropped either way
+        self._discard()
 
     def _discard(self) -> None:
         self._close_fd()

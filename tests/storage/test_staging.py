@@ -3,6 +3,7 @@ nothing left behind when a write is discarded or refused."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 from pathlib import Path
@@ -97,3 +98,18 @@ async def test_re_measuring_during_a_write_counts_its_bytes_once(staging: DiskSt
     await staging.remove_temp(staged)
     assert staging.used_bytes == 0
     assert await staging.refresh_usage() == 0
+
+
+async def test_a_request_cancelled_mid_block_leaves_nothing(staging: DiskStaging) -> None:
+    writer = staging.new_writer(max_bytes=64 * WRITE_BLOCK_BYTES)
+    big = bytes(16 * WRITE_BLOCK_BYTES)  # hashing it keeps the thread busy a while
+    await writer.write(big)  # in the thread now
+    waiting = asyncio.create_task(writer.write(big))  # waits for the first block
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await writer.discard()
+
+    assert list(staging.incoming_dir.iterdir()) == []
+    assert staging.used_bytes == 0
