@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -399,17 +400,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 cpu: dict[str, list[float]] = {"service": [], "bare": [], "tus": []}
                 chunk_bytes = chunk_mib * MiB
                 for _ in range(runs):
-                    for name, process, workload in (
-                        (
-                            "service",
-                            service,
-                            ingest_service(service.port, token, ingest_bytes, chunk_bytes, clients),
-                        ),
-                        ("bare", bare, ingest_bare(bare.port, ingest_bytes, chunk_bytes, clients)),
-                        ("tus", tus, ingest_tus(tus.port, ingest_bytes, chunk_bytes, clients)),
-                    ):
+                    workloads: list[
+                        tuple[str, Process, Callable[[int, int, int], Awaitable[float]]]
+                    ] = [
+                        ("service", service, partial(ingest_service, service.port, token)),
+                        ("bare", bare, partial(ingest_bare, bare.port)),
+                        ("tus", tus, partial(ingest_tus, tus.port)),
+                    ]
+                    for name, process, ingest in workloads:
                         cpu_before = process.cpu_seconds()
-                        figures[name].append(await workload)
+                        figures[name].append(await ingest(ingest_bytes, chunk_bytes, clients))
                         cpu[name].append(
                             (process.cpu_seconds() - cpu_before) / (ingest_bytes / GiB)
                         )
