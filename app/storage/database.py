@@ -1,8 +1,9 @@
 """Database engine set-up and schema migrations, for SQLite and PostgreSQL.
 
-SQLite: one pooled connection per process (transactions queue on the pool), WAL
-journal, a busy timeout for other processes, and every transaction begun IMMEDIATE, so
-two writers queue for the lock instead of failing when a read turns into a write.
+SQLite: one pooled connection per process (transactions queue on the pool), one
+thread hand-off per statement (sqlite_driver), WAL journal, a busy timeout for other
+processes, and every transaction begun IMMEDIATE, so two writers queue for the lock
+instead of failing when a read turns into a write.
 PostgreSQL: each state change starts by updating the session row, whose row lock
 serialises all writers of one session.
 """
@@ -15,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from app.storage import sqlite_driver
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -31,14 +34,19 @@ SCHEMA_REVISION = "0004_eager_upload"
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        database = parsed.database or ":memory:"
+        if database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         # One connection per process: writers then queue on the pool (an asyncio wait)
         # instead of on SQLite's busy handler, which sleeps in steps of up to 100 ms and
         # made every concurrent chunk wait milliseconds for nothing. Several processes on
         # one file still meet the busy handler; that is what PostgreSQL is for.
         engine = create_async_engine(
-            url, connect_args={"timeout": 30}, pool_size=1, max_overflow=0, pool_timeout=120
+            url,
+            async_creator=sqlite_driver.connector(database, timeout=30),
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=120,
         )
         _make_sqlite_transactions_immediate(engine)
         return engine
