@@ -43,6 +43,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 PHASES = ("ingest", "complete", "rss")
+REQUEST_PATH_APP = "bench.request_path_app:app"
 
 
 def mb_per_s(size_bytes: int, seconds: float) -> float:
@@ -388,22 +389,29 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         tus_dir = install_tus(Path(__file__).resolve().parent / ".tus")
         config = UploadServiceConfig(keypair, s3, bucket, work_dir, eager_flush=args.ingest_eager)
         service = start_upload_service(config)
+        path_only = start_upload_service(
+            UploadServiceConfig(
+                keypair, s3, bucket, work_dir, eager_flush=False, asgi_app=REQUEST_PATH_APP
+            )
+        )
         bare = start_bare(work_dir)
         tus_files = work_dir / "tus-files"
         tus = start_tus(tus_dir, tus_files)
-        processes += [service, bare, tus]
+        processes += [service, path_only, bare, tus]
 
         # ---- chunk ingest: service vs bare FastAPI vs tus-node, interleaved per run
         for chunk_mib in args.chunk_mib if "ingest" in args.phases else []:
             for clients in args.clients:
-                figures: dict[str, list[float]] = {"service": [], "bare": [], "tus": []}
-                cpu: dict[str, list[float]] = {"service": [], "bare": [], "tus": []}
+                names = ("service", "path", "bare", "tus")
+                figures: dict[str, list[float]] = {name: [] for name in names}
+                cpu: dict[str, list[float]] = {name: [] for name in names}
                 chunk_bytes = chunk_mib * MiB
                 for _ in range(runs):
                     workloads: list[
                         tuple[str, Process, Callable[[int, int, int], Awaitable[float]]]
                     ] = [
                         ("service", service, partial(ingest_service, service.port, token)),
+                        ("path", path_only, partial(ingest_service, path_only.port, token)),
                         ("bare", bare, partial(ingest_bare, bare.port)),
                         ("tus", tus, partial(ingest_tus, tus.port)),
                     ]
@@ -424,15 +432,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 }
                 row["service_over_bare"] = row["service_mb_s"] / row["bare_mb_s"]
                 row["service_over_tus"] = row["service_mb_s"] / row["tus_mb_s"]
+                row["path_over_tus"] = row["path_mb_s"] / row["tus_mb_s"]
                 results["ingest"].append(row)
                 print(
                     f"ingest {chunk_mib:>2} MiB x {clients}:"
                     f" service {row['service_mb_s']:.0f} MB/s,"
+                    f" request path alone {row['path_mb_s']:.0f},"
                     f" bare {row['bare_mb_s']:.0f}, tus {row['tus_mb_s']:.0f}"
                     f" (x{row['service_over_bare']:.2f} bare, x{row['service_over_tus']:.2f} tus)",
                     flush=True,
                 )
-        for process in (service, bare, tus):
+        for process in (service, path_only, bare, tus):
             process.stop()
 
         # ---- complete latency and end-to-end, eager flush on and off, beside PutObject
@@ -522,17 +532,20 @@ def markdown(results: dict[str, Any]) -> str:
         f" medians of {results['runs']} runs; ingest of"
         f" {results['ingest_bytes'] // MiB} MiB per figure; MB = 10^6 bytes.",
         "",
-        "| Chunk ingest | service MB/s | bare FastAPI MB/s | tus-node MB/s"
-        " | service ÷ bare | service ÷ tus | CPU-s per GiB: service / bare / tus |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| Chunk ingest | service MB/s | request path alone MB/s | bare FastAPI MB/s"
+        " | tus-node MB/s | service ÷ bare | service ÷ tus | request path alone ÷ tus"
+        " | CPU-s per GiB: service / path alone / bare / tus |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in results["ingest"]:
         lines.append(
             f"| {row['chunk_mib']} MiB x {row['clients']} client{'s' if row['clients'] > 1 else ''}"
-            f" | {row['service_mb_s']:.0f} | {row['bare_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
+            f" | {row['service_mb_s']:.0f} | {_figure(row, 'path_mb_s', '.0f')}"
+            f" | {row['bare_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
             f" | {row['service_over_bare']:.2f} | {row['service_over_tus']:.2f}"
-            f" | {row['service_cpu_s_per_gib']:.2f} / {row['bare_cpu_s_per_gib']:.2f}"
-            f" / {row['tus_cpu_s_per_gib']:.2f} |"
+            f" | {_figure(row, 'path_over_tus', '.2f')}"
+            f" | {row['service_cpu_s_per_gib']:.2f} / {_figure(row, 'path_cpu_s_per_gib', '.2f')}"
+            f" / {row['bare_cpu_s_per_gib']:.2f} / {row['tus_cpu_s_per_gib']:.2f} |"
         )
     lines += [
         "",
@@ -568,6 +581,11 @@ def markdown(results: dict[str, Any]) -> str:
             f" | {row['baseline_rss_bytes'] / 1e6:.0f} MB |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _figure(row: dict[str, Any], key: str, spec: str) -> str:
+    """Results written before a column existed show a dash there."""
+    return format(row[key], spec) if key in row else "-"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
