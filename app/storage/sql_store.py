@@ -12,7 +12,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -32,6 +32,30 @@ _PURGEABLE_STATES = (
 )
 # Bound the size of `IN (...)` lists sent in one statement.
 _IN_BATCH = 500
+
+# The statements every chunk runs, built once with bound parameters: building a Core
+# statement and its cache key anew costs the event loop more CPU than SQLite needs to
+# run it, and the chunk path is where request overhead counts (bench/README.md).
+_SESSION_BY_ID = select(upload_sessions).where(S.id == bindparam("session_id"))
+_TOUCH_UPLOADING = (
+    update(upload_sessions)
+    .where(
+        S.id == bindparam("session_id"),
+        S.state == SessionState.UPLOADING.value,
+        S.expires_at > bindparam("now"),
+    )
+    .values(updated_at=bindparam("touched_at"), expires_at=bindparam("new_expiry"))
+)
+_OTHER_CHUNKS_BYTES = select(func.coalesce(func.sum(C.size_bytes), 0)).where(
+    C.session_id == bindparam("session_id"), C.chunk_index != bindparam("index")
+)
+_CHUNK_AT = select(upload_chunks).where(
+    C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index")
+)
+_DELETE_CHUNK_AT = delete(upload_chunks).where(
+    C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index")
+)
+_INSERT_CHUNK = insert(upload_chunks)
 
 
 class SqlSessionStore:
@@ -62,13 +86,11 @@ class SqlSessionStore:
         expires_at: datetime,
         max_session_bytes: int,
     ) -> ChunkRecordResult:
+        at = {"session_id": session_id, "index": chunk.index}
         async with self.engine.begin() as conn:
             touched = await conn.execute(
-                update(upload_sessions)
-                .where(
-                    S.id == session_id, S.state == SessionState.UPLOADING.value, S.expires_at > now
-                )
-                .values(updated_at=now, expires_at=expires_at)
+                _TOUCH_UPLOADING,
+                {"session_id": session_id, "now": now, "touched_at": now, "new_expiry": expires_at},
             )
             if touched.rowcount != 1:
                 exists = await _get(conn, session_id)
@@ -78,40 +100,23 @@ class SqlSessionStore:
                     else ChunkRecordOutcome.NOT_UPLOADING
                 )
                 return ChunkRecordResult(outcome)
-            others = await conn.scalar(
-                select(func.coalesce(func.sum(C.size_bytes), 0)).where(
-                    C.session_id == session_id, C.chunk_index != chunk.index
-                )
-            )
+            others = await conn.scalar(_OTHER_CHUNKS_BYTES, at)
             if int(others or 0) + chunk.size_bytes > max_session_bytes:
                 await conn.rollback()
                 return ChunkRecordResult(ChunkRecordOutcome.SESSION_TOO_LARGE)
-            old = (
-                (
-                    await conn.execute(
-                        select(upload_chunks).where(
-                            C.session_id == session_id, C.chunk_index == chunk.index
-                        )
-                    )
-                )
-                .mappings()
-                .first()
-            )
+            old = (await conn.execute(_CHUNK_AT, at)).mappings().first()
             if old is not None:
-                await conn.execute(
-                    delete(upload_chunks).where(
-                        C.session_id == session_id, C.chunk_index == chunk.index
-                    )
-                )
+                await conn.execute(_DELETE_CHUNK_AT, at)
             await conn.execute(
-                insert(upload_chunks).values(
-                    session_id=session_id,
-                    chunk_index=chunk.index,
-                    size_bytes=chunk.size_bytes,
-                    sha256=chunk.sha256,
-                    file_name=chunk.file_name,
-                    received_at=now,
-                )
+                _INSERT_CHUNK,
+                {
+                    "session_id": session_id,
+                    "chunk_index": chunk.index,
+                    "size_bytes": chunk.size_bytes,
+                    "sha256": chunk.sha256,
+                    "file_name": chunk.file_name,
+                    "received_at": now,
+                },
             )
             return ChunkRecordResult(
                 ChunkRecordOutcome.RECORDED, replaced=_chunk(old) if old is not None else None
@@ -357,7 +362,7 @@ class SqlSessionStore:
 
 
 async def _get(conn: AsyncConnection, session_id: str) -> UploadSession | None:
-    row = (await conn.execute(select(upload_sessions).where(S.id == session_id))).mappings().first()
+    row = (await conn.execute(_SESSION_BY_ID, {"session_id": session_id})).mappings().first()
     return _session(row) if row is not None else None
 
 
