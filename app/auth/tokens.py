@@ -1,9 +1,17 @@
 """JWT verification. Only the configured asymmetric algorithm is accepted, whatever the
 token's header claims, so `none` and HS* tokens (even "signed" with the public key)
-never verify."""
+never verify.
+
+A client sends the same token with every chunk of a file, so a token that verified is
+remembered for a short while (never past its `exp`): the chunks after the first skip the
+signature check, the claims and, with JWKS, a thread hand-off for the key look-up. The
+short cap bounds how long a token stays accepted after its key leaves the JWKS.
+"""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -11,6 +19,34 @@ import jwt
 from app.auth.keys import KeySource
 from app.errors import Forbidden, InvalidToken
 from app.uploads.models import Principal
+
+VERIFIED_TOKEN_TTL_SECONDS = 30.0
+VERIFIED_TOKEN_CAPACITY = 4096
+
+
+class _VerifiedTokens:
+    """Tokens that verified, each with the principal it gave and until when it counts."""
+
+    def __init__(self, *, ttl_seconds: float, capacity: int, clock: Callable[[], float]) -> None:
+        self._ttl_seconds = ttl_seconds
+        self._capacity = capacity
+        self._clock = clock
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, token: str) -> Principal | None:
+        entry = self._entries.get(token)
+        if entry is None:
+            return None
+        principal, valid_until = entry
+        if self._clock() >= valid_until:
+            del self._entries[token]
+            return None
+        return principal
+
+    def put(self, token: str, principal: Principal, expires_at: float) -> None:
+        if len(self._entries) >= self._capacity:
+            del self._entries[next(iter(self._entries))]  # the oldest
+        self._entries[token] = (principal, min(self._clock() + self._ttl_seconds, expires_at))
 
 
 class TokenVerifier:
@@ -23,6 +59,7 @@ class TokenVerifier:
         audience: str,
         leeway_seconds: int,
         require_file_id: bool,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
         self._algorithm = algorithm
@@ -30,8 +67,19 @@ class TokenVerifier:
         self._audience = audience
         self._leeway_seconds = leeway_seconds
         self._require_file_id = require_file_id
+        self._verified = _VerifiedTokens(
+            ttl_seconds=VERIFIED_TOKEN_TTL_SECONDS, capacity=VERIFIED_TOKEN_CAPACITY, clock=clock
+        )
 
     async def verify(self, token: str) -> Principal:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            return remembered
+        principal, expires_at = await self._verify(token)
+        self._verified.put(token, principal, expires_at)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -61,7 +109,7 @@ class TokenVerifier:
         file_id = _file_id_claim(claims)
         if file_id is None and self._require_file_id:
             raise Forbidden("This token must carry a file_id claim.")
-        return Principal(sub=sub, file_id=file_id)
+        return Principal(sub=sub, file_id=file_id), float(claims["exp"])
 
 
 def _file_id_claim(claims: dict[str, Any]) -> int | None:
