@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from app.dev.keys import KeyPair
+from app.notify.delivery import DeliveryPolicy
 from app.notify.outbox import AttemptOutcome, EventState, SqlOutbox
 from app.notify.tables import notify_attempts
 from app.settings import Settings
@@ -168,7 +169,10 @@ async def test_event_queued_before_a_crash_is_delivered_after_restart(
     await receiver.start()
     try:
         async with services(env, tmp_path, 1):
-            await wait_until(lambda: bool(receiver.delivered()), 30)
+            # A kill that lands while an attempt holds the event's lease delays it until
+            # the lease lapses (seen in CI): allow for that, then the usual margin.
+            deadline = DeliveryPolicy(max_attempts=1).lease_seconds + 30
+            await wait_until(lambda: bool(receiver.delivered()), deadline)
             [got] = receiver.delivered()
             assert got.signature_ok
             assert got.event_id == event_id
