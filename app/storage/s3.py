@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import structlog
@@ -115,7 +115,9 @@ class S3MultipartStore:
         )
         return str(response["UploadId"])
 
-    async def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> str:
+    async def upload_part(
+        self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO
+    ) -> str:
         response = await self._call(
             "upload_part",
             Bucket=self._bucket,

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,7 +64,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 import structlog
 
 from app.errors import ChecksumMismatch
-from app.uploads.assembly import abort_quietly, first_service_error
+from app.uploads.assembly import abort_quietly, first_service_error, read_part_body
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
 from app.uploads.ports import ChunkStaging, MultipartObjectStore, SessionStore
 
@@ -209,12 +210,12 @@ class PrefixDigest:
             self._states.append(state)
 
 
-def _read_part(stream: BinaryIO, part: PlannedPart) -> bytes:
+def _read_part(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
     stream.seek(part.start)
-    data = stream.read(part.size_bytes)
-    if len(data) != part.size_bytes:
+    body, size = read_part_body(stream, part.size_bytes)
+    if size != part.size_bytes:
         raise OSError(f"staged data ends before part {part.part_number}")
-    return data
+    return body
 
 
 class EagerFlusher:
@@ -414,7 +415,7 @@ class EagerFlusher:
         return sent
 
     async def _send(
-        self, session_id: str, upload_id: str, key: str, part: PlannedPart, data: bytes
+        self, session_id: str, upload_id: str, key: str, part: PlannedPart, data: io.BytesIO
     ) -> None:
         try:
             etag = await self.objects.upload_part(key, upload_id, part.part_number, data)
@@ -429,11 +430,12 @@ class EagerFlusher:
         )
 
     @staticmethod
-    def _read_and_hash(stream: BinaryIO, part: PlannedPart, digest: PrefixDigest) -> bytes:
+    def _read_and_hash(stream: BinaryIO, part: PlannedPart, digest: PrefixDigest) -> io.BytesIO:
         data = _read_part(stream, part)
         if part.part_number == digest.count + 1:
             state = digest.state()
-            state.update(data)
+            with data.getbuffer() as view:
+                state.update(view)
             digest.extend(part, state)
         return data
 
@@ -578,13 +580,14 @@ class EagerFlusher:
         sent = 0
         slots = asyncio.Semaphore(self._concurrency)
 
-        def read(stream: BinaryIO, part: PlannedPart) -> bytes:
+        def read(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
             data = _read_part(stream, part)
             if part.part_number > hashed:
-                state.update(data)
+                with data.getbuffer() as view:
+                    state.update(view)
             return data
 
-        async def send(part: PlannedPart, data: bytes) -> None:
+        async def send(part: PlannedPart, data: io.BytesIO) -> None:
             try:
                 etags[part.part_number] = await self.objects.upload_part(
                     key, upload_id, part.part_number, data
