@@ -4,6 +4,7 @@ moto S3 server (app.dev.s3server)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -100,6 +102,9 @@ class UploadServiceConfig:
     extra_env: dict[str, str] = field(default_factory=dict)
     # bench.request_path_app:app measures the same requests without hashing or writing.
     asgi_app: str = "app.main:app"
+    # Where the service's INFO log goes (its completion lines time the S3 commit); none
+    # and it logs warnings only, to nowhere.
+    log_path: Path | None = None
 
 
 def start_upload_service(config: UploadServiceConfig) -> Process:
@@ -120,22 +125,39 @@ def start_upload_service(config: UploadServiceConfig) -> Process:
             "LOCAL_TEMP_CHUNK_PATH": str(staging),
             "DATABASE_URL": f"sqlite+aiosqlite:///{staging / 'uploads.db'}",
             "EAGER_FLUSH": "true" if config.eager_flush else "false",
-            "LOG_LEVEL": "WARNING",
+            "LOG_LEVEL": "INFO" if config.log_path else "WARNING",
             **config.extra_env,
         }
     )
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", config.asgi_app, "--host", "127.0.0.1"),
-            *("--port", str(port), "--no-access-log", "--log-level", "warning"),
-        ],
-        env=env,
-        cwd=config.work_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    log = open(config.log_path, "ab") if config.log_path else None  # noqa: SIM115 - the child's
+    try:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "uvicorn", config.asgi_app, "--host", "127.0.0.1"),
+                *("--port", str(port), "--no-access-log", "--log-level", "warning"),
+            ],
+            env=env,
+            cwd=config.work_dir,
+            stdout=subprocess.DEVNULL,
+            stderr=log or subprocess.DEVNULL,
+        )
+    finally:
+        if log is not None:
+            log.close()  # the child has its own descriptor
     _wait_ready(process, f"http://127.0.0.1:{port}/healthz", "upload service")
     return Process("service", port, process)
+
+
+def last_logged(log_path: Path, event: str) -> dict[str, Any] | None:
+    """The last JSON line of the service's log with this event, if any."""
+    found = None
+    for line in log_path.read_text(errors="replace").splitlines():
+        if f'"{event}"' in line:
+            try:
+                found = json.loads(line)
+            except ValueError:
+                continue
+    return found
 
 
 def start_bare(work_dir: Path, *, malloc_tuned: bool = True) -> Process:
