@@ -34,16 +34,15 @@ SCHEMA_REVISION = "0004_eager_upload"
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ":memory:"
-        if database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # One connection per process: writers then queue on the pool (an asyncio wait)
         # instead of on SQLite's busy handler, which sleeps in steps of up to 100 ms and
         # made every concurrent chunk wait milliseconds for nothing. Several processes on
         # one file still meet the busy handler; that is what PostgreSQL is for.
         engine = create_async_engine(
             url,
-            async_creator=sqlite_driver.connector(database, timeout=30),
+            async_creator=sqlite_driver.connector(parsed, timeout=30),
             pool_size=1,
             max_overflow=0,
             pool_timeout=120,

@@ -44,7 +44,7 @@ _TOUCH_UPLOADING = (
         S.state == SessionState.UPLOADING.value,
         S.expires_at > bindparam("now"),
     )
-    .values(updated_at=bindparam("touched_at"), expires_at=bindparam("new_expiry"))
+    .values(updated_at=bindparam("now"), expires_at=bindparam("new_expiry"))
 )
 _OTHER_CHUNKS_BYTES = select(func.coalesce(func.sum(C.size_bytes), 0)).where(
     C.session_id == bindparam("session_id"), C.chunk_index != bindparam("index")
@@ -90,7 +90,7 @@ class SqlSessionStore:
         async with self.engine.begin() as conn:
             touched = await conn.execute(
                 _TOUCH_UPLOADING,
-                {"session_id": session_id, "now": now, "touched_at": now, "new_expiry": expires_at},
+                {"session_id": session_id, "now": now, "new_expiry": expires_at},
             )
             if touched.rowcount != 1:
                 exists = await _get(conn, session_id)

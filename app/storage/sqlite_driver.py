@@ -23,6 +23,8 @@ from functools import partial
 from typing import Any
 
 import aiosqlite
+from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
+from sqlalchemy.engine import URL
 
 Row = Any
 Description = tuple[tuple[Any, ...], ...] | None
@@ -103,12 +105,16 @@ class OneHopConnection(aiosqlite.Connection):
         )
 
 
-def connector(database: str, *, timeout: float) -> Any:
-    """An `async_creator` for SQLAlchemy's `sqlite+aiosqlite` dialect."""
+def connector(url: URL, *, timeout: float) -> Any:
+    """An `async_creator` for SQLAlchemy's `sqlite+aiosqlite` dialect. The connection takes
+    the arguments the dialect itself derives from the URL (`?mode=ro&uri=true`, ...), so
+    swapping the cursor changes nothing of how a database URL is read."""
+    args, kwargs = SQLiteDialect_aiosqlite().create_connect_args(url)
+    kwargs = {**kwargs, "timeout": timeout}
 
     async def connect() -> OneHopConnection:
         connection = OneHopConnection(
-            partial(sqlite3.connect, database, timeout=timeout), iter_chunk_size=64
+            partial(sqlite3.connect, *args, **kwargs), iter_chunk_size=64
         )
         # As SQLAlchemy does for aiosqlite's own connections: never keep the process up.
         connection._thread.daemon = True

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app.storage import sqlite_driver
 from app.storage.database import create_engine
@@ -71,3 +71,24 @@ async def test_a_statement_is_one_hand_off(tmp_path: Path) -> None:
             assert counting.puts == 1
     finally:
         await engine.dispose()
+
+
+async def test_the_database_url_options_still_reach_sqlite(tmp_path: Path) -> None:
+    """The connection takes what the dialect reads from the URL: a read-only URI opens
+    the file read-only."""
+    path = tmp_path / "driver.db"
+    writable = create_engine(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with writable.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+    finally:
+        await writable.dispose()
+
+    read_only = create_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
+    try:
+        async with read_only.connect() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM t")) == 0
+            with pytest.raises(OperationalError, match="readonly"):
+                await conn.execute(text("INSERT INTO t (id) VALUES (1)"))
+    finally:
+        await read_only.dispose()
