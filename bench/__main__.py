@@ -34,7 +34,7 @@ from bench.servers import (
     UploadServiceConfig,
     cpu_description,
     install_tus,
-    last_logged,
+    logged_since,
     start_bare,
     start_tus,
     start_upload_service,
@@ -461,12 +461,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 processes.append(service)
                 samples = []
                 for _ in range(runs):
+                    offset = log_path.stat().st_size
                     sample = await upload_and_complete(
                         service.port, token, data, 8 * MiB, args.complete_clients
                     )
                     # The eager completion logs how long the S3 commit took: what is left
                     # of `complete` is the service's own share (the tail, the waits).
-                    logged = last_logged(log_path, "upload.eager_completed") if eager else None
+                    logged = (
+                        logged_since(log_path, offset, "upload.eager_completed") if eager else None
+                    )
                     if logged is not None:
                         sample["commit_seconds"] = float(logged["commit_seconds"])
                     samples.append(sample)

@@ -148,16 +148,19 @@ def start_upload_service(config: UploadServiceConfig) -> Process:
     return Process("service", port, process)
 
 
-def last_logged(log_path: Path, event: str) -> dict[str, Any] | None:
-    """The last JSON line of the service's log with this event, if any."""
-    found = None
-    for line in log_path.read_text(errors="replace").splitlines():
+def logged_since(log_path: Path, offset: int, event: str) -> dict[str, Any] | None:
+    """The last JSON line with this event that the service logged after byte `offset` of
+    its log (the log's size before the sample), so one sample never reads another's."""
+    with log_path.open("rb") as log:
+        log.seek(offset)
+        lines = log.read().decode(errors="replace").splitlines()
+    for line in reversed(lines):
         if f'"{event}"' in line:
             try:
-                found = json.loads(line)
+                return dict(json.loads(line))
             except ValueError:
                 continue
-    return found
+    return None
 
 
 def start_bare(work_dir: Path, *, malloc_tuned: bool = True) -> Process:
