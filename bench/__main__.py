@@ -411,12 +411,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             servers["no_eager"] = start_upload_service(
                 UploadServiceConfig(keypair, s3, bucket, work_dir, eager_flush=False)
             )
-            if args.malloc_ab:
-                servers["before"] = start_upload_service(
-                    UploadServiceConfig(
-                        keypair, s3, bucket, work_dir, asgi_app=UNTUNED_APP, extra_env=BEFORE_ENV
+            for name, eager in (("before", None), ("before_no_eager", False)):
+                if args.malloc_ab:
+                    servers[name] = start_upload_service(
+                        UploadServiceConfig(
+                            *(keypair, s3, bucket, work_dir),
+                            eager_flush=eager,
+                            asgi_app=UNTUNED_APP,
+                            extra_env=BEFORE_ENV,
+                        )
                     )
-                )
             servers["path"] = start_upload_service(
                 UploadServiceConfig(
                     keypair, s3, bucket, work_dir, eager_flush=False, asgi_app=REQUEST_PATH_APP
@@ -593,6 +597,7 @@ INGEST_COLUMNS = {
     "service": "service (as shipped)",
     "no_eager": "service, eager flush off",
     "before": "service before (malloc untuned)",
+    "before_no_eager": "service before, eager flush off",
     "path": "request path alone",
     "bare_uvicorn": "bare FastAPI, uvicorn",
     "bare_granian": "bare FastAPI, granian",
