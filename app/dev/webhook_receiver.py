@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -37,7 +38,7 @@ EVENTS_PATH = "/events"
 # A webhook body is a small JSON object; anything far larger is not one of ours.
 MAX_BODY_BYTES = 1 << 20
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 
 
 @dataclass
