@@ -27,6 +27,8 @@ router = APIRouter(prefix="/upload", tags=["upload"])
 
 MESSAGE_NOTIFIED = "File upload completed and main service notified."
 MESSAGE_QUEUED = "File upload completed; main service notification queued."
+# Without MAIN_SERVICE_NOTIFY_URL nobody is told: the seed's message would be untrue.
+MESSAGE_STORED = "File upload completed."
 # A multipart envelope around a chunk is a few hundred bytes; allow generous slack.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
@@ -133,6 +135,8 @@ async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploa
             sha256=body.sha256,
         ),
     )
+    if outcome.notified is None:
+        return success(MESSAGE_STORED, outcome.result)
     return success(MESSAGE_NOTIFIED if outcome.notified else MESSAGE_QUEUED, outcome.result)
 
 

@@ -97,7 +97,9 @@ class CompleteRequest:
 @dataclass(frozen=True)
 class CompletionOutcome:
     result: dict[str, Any]
-    notified: bool = True
+    # True: the main service has the event; False: queued for retry; None: no main
+    # service is configured (MAIN_SERVICE_NOTIFY_URL unset), so nobody was told.
+    notified: bool | None = True
 
 
 @dataclass(frozen=True)

@@ -349,7 +349,7 @@ class UploadService:
             # if any, is the answer.
             return await self._outcome_of_another_completion(session.id)
         await self.staging.remove_session(session.id)
-        notified = True
+        notified: bool | None = None
         if event is not None and self._notifier is not None:
             notified = await self._notifier.attempt_now(event.event_id)
         log.info(
@@ -401,10 +401,10 @@ class UploadService:
         An event still pending gets one more attempt if it is due; a delivered one is
         never sent again."""
         if self._notifier is None:
-            return outcome
+            return replace(outcome, notified=None)
         event_id = await self._notifier.session_event(session_id)
         if event_id is None:  # completed while notifications were switched off
-            return outcome
+            return replace(outcome, notified=None)
         notified = await self._notifier.attempt_now(event_id)
         return replace(outcome, notified=notified)
 
