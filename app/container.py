@@ -106,6 +106,7 @@ async def build_container(
             max_bytes=settings.staging_max_bytes,
         )
         staging.prepare()
+        stack.push_async_callback(verifier.close)  # a JWKS fetch in flight
         engine = create_engine(settings.resolved_database_url, schema=settings.database_schema)
         stack.push_async_callback(engine.dispose)
         if settings.auto_migrate:

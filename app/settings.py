@@ -7,8 +7,10 @@ or invalid setting stops start-up with one line that names it (see `load_setting
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,11 +41,19 @@ class Settings(BaseSettings):
         description="PEM public key of the main service (literal newlines or \\n escapes).",
     )
     main_service_jwks_url: str | None = Field(
-        default=None, description="JWKS URL; tokens pick their key by `kid`."
+        default=None,
+        description="JWKS URL (https://; http:// only to a loopback host); tokens pick "
+        "their key by `kid`.",
     )
     jwks_cache_seconds: float = Field(default=300, ge=0, description="JWKS document cache")
     jwks_refresh_cooldown_seconds: float = Field(
         default=30, ge=0, description="least time between refetches caused by unknown kids"
+    )
+    jwks_stale_if_error_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="how long past JWKS_CACHE_SECONDS the last good key set is still used "
+        "while the JWKS endpoint fails",
     )
     jwt_algorithm: str = "RS256"
     expected_jwt_issuer: str
@@ -241,6 +251,21 @@ class Settings(BaseSettings):
             raise ValueError("must not contain '..'")
         return "/".join(parts)
 
+    @field_validator("main_service_jwks_url")
+    @classmethod
+    def _https_jwks(cls, value: str | None) -> str | None:
+        # Keys fetched over plain http can be swapped by anyone on the path, and then any
+        # token they sign verifies; loopback (a sidecar, the tests) cannot be intercepted.
+        if value is None:
+            return None
+        scheme, _, rest = value.partition("://")
+        host = urlsplit(value).hostname or ""
+        if scheme.lower() == "https" and host:
+            return value
+        if scheme.lower() == "http" and rest and _is_loopback(host):
+            return value
+        raise ValueError("must be an https:// URL (http:// only for a loopback host)")
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
         if self.main_service_jwt_public_key is None and not self.main_service_jwks_url:
@@ -260,6 +285,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.local_temp_chunk_path.resolve() / 'uploads.db'}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SettingsError(SystemExit):
