@@ -5,6 +5,7 @@ test can send any field in any number and order."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,3 +97,30 @@ def streamed_form(parts: Iterable[bytes], *, piece_bytes: int = 64 * 1024) -> It
 
 
 FORM_CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def raw_exchange(port: int, request: bytes, *, timeout_seconds: float = 20.0) -> tuple[int, bytes]:
+    """Send `request` as it is (head, and whatever part of a body) on a fresh connection,
+    leave the connection open, and read one response: (status, body). The timeout only
+    guards against a hang; what a test asserts is the response."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_seconds) as conn:
+        conn.sendall(request)
+        received = b""
+        while b"\r\n\r\n" not in received:
+            piece = conn.recv(65536)
+            if not piece:
+                raise ConnectionError(f"closed before a response: {received!r}")
+            received += piece
+        head, _, body = received.partition(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        while len(body) < length:
+            piece = conn.recv(65536)
+            if not piece:
+                break
+            body += piece
+        return status, body

@@ -8,6 +8,8 @@ memory read from /proc, loose bounds; never wall-clock timings).
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,16 @@ import pytest
 
 from app.dev.keys import KeyPair
 from app.dev.s3server import LocalS3Server
-from tests.hostile import FORM_CONTENT_TYPE, CostMeter, form_body, form_part, streamed_form
-from tests.processes import ServiceProcess, service_env
+from app.uploads.naming import legacy_object_key, owner_segment
+from tests.hostile import (
+    FORM_CONTENT_TYPE,
+    CostMeter,
+    form_body,
+    form_part,
+    raw_exchange,
+    streamed_form,
+)
+from tests.processes import ServiceProcess, service_env, staged_files, wait_until
 
 MiB = 1024 * 1024
 WAV_HEAD = b"RIFF\x24\x08\x00\x00WAVEfmt "  # enough to look like the start of a WAV
@@ -39,10 +49,16 @@ def service(
         {"database_url": f"sqlite+aiosqlite:///{root / 'sessions.db'}"},
         root / "staging",
         EAGER_FLUSH="false",
+        MAX_STAGED_BYTES_PER_USER=str(3 * MiB),
+        JSON_IDLE_TIMEOUT_SECONDS="1",
     )
     process = ServiceProcess(env, root / "run").start()
     yield process
     process.stop()
+
+
+def staging_root(service: ServiceProcess) -> Path:
+    return Path(service.env["LOCAL_TEMP_CHUNK_PATH"])
 
 
 def pid_of(service: ServiceProcess) -> int:
@@ -129,3 +145,236 @@ def test_a_form_field_flood_is_refused_early_and_cheaply(
             headers=headers,
         )
         assert honest.status_code == 200, honest.text
+
+
+# --------------------------------------------------- items 2 and 3: bytes and the quota
+def test_a_chunk_sent_before_its_session_counts_and_is_dropped_when_not_ours(
+    service: ServiceProcess, keypair: KeyPair
+) -> None:
+    owner, intruder = auth(keypair, "quota-owner"), auth(keypair, "quota-intruder")
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        victim = new_session(http, owner)
+        # The chunk comes first, the session id after it: the bytes are received, then
+        # dropped the moment the session turns out to be someone else's.
+        body = form_body(
+            [
+                form_part("chunk", WAV_HEAD + bytes(MiB), file_name="blob"),
+                form_part("chunk_index", b"0"),
+                form_part("upload_session_id", victim.encode()),
+            ]
+        )
+        response = http.post(
+            "/upload/chunk", content=body, headers={**intruder, "Content-Type": FORM_CONTENT_TYPE}
+        )
+        assert_envelope(response, 404, "session_not_found")
+        assert staged_files(staging_root(service), "incoming") == []
+        status = http.get(f"/upload/{victim}", headers=owner).json()["data"]
+        assert status["received_chunks"] == []
+
+        # Bytes with no session at all count against the sender's quota as they arrive
+        # (MAX_STAGED_BYTES_PER_USER is 3 MiB here): cut off at the cap, not at the end.
+        orphan = form_body([form_part("chunk", bytes(4 * MiB), file_name="blob")])
+        response = http.post(
+            "/upload/chunk",
+            content=orphan,
+            headers={**intruder, "Content-Type": FORM_CONTENT_TYPE},
+        )
+        body_json = assert_envelope(response, 507, "staging_quota_exceeded")
+        assert body_json["error"]["details"] == {"max_staged_bytes_per_user": 3 * MiB}
+        assert staged_files(staging_root(service), "incoming") == []
+
+
+def test_one_user_cannot_stage_more_than_the_per_user_quota(
+    service: ServiceProcess, keypair: KeyPair
+) -> None:
+    hog, other = auth(keypair, "quota-hog"), auth(keypair, "quota-other")
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        first, second = new_session(http, hog), new_session(http, hog)
+
+        def chunk(session_id: str, index: int, size: int, headers: dict[str, str]) -> Any:
+            return http.post(
+                "/upload/chunk",
+                data={"upload_session_id": session_id, "chunk_index": str(index)},
+                files={"chunk": ("blob", WAV_HEAD + bytes(size - len(WAV_HEAD)))},
+                headers=headers,
+            )
+
+        assert chunk(first, 0, 2 * MiB, hog).status_code == 200
+        # Across sessions: 2 MiB staged + 2 MiB more is over the 3 MiB quota.
+        assert_envelope(chunk(second, 0, 2 * MiB, hog), 507, "staging_quota_exceeded")
+        assert staged_files(staging_root(service), "incoming") == []
+        # Another user is not affected.
+        assert chunk(new_session(http, other), 0, 2 * MiB, other).status_code == 200
+        # Aborting frees the quota (the remembered figure is re-read within a second).
+        assert http.delete(f"/upload/{first}", headers=hog).status_code == 200
+        wait_until(
+            lambda: chunk(second, 0, 2 * MiB, hog).status_code == 200,
+            timeout_seconds=15,
+            what="the quota to be freed by the abort",
+        )
+
+
+# --------------------------------------------------------- item 4: ASCII chunk indexes
+@pytest.mark.parametrize(
+    "index", ["\u00b2", "\u0661", "\uff11", "1\u0660", "-1", "1.0", "0x1", "1e3", "9" * 40]
+)
+def test_chunk_index_takes_ascii_digits_only(
+    service: ServiceProcess, keypair: KeyPair, index: str
+) -> None:
+    headers = auth(keypair, "digits")
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        session_id = new_session(http, headers)
+        body = form_body(
+            [
+                form_part("upload_session_id", session_id.encode()),
+                form_part("chunk_index", index.encode()),
+                form_part("chunk", WAV_HEAD, file_name="blob"),
+            ]
+        )
+        response = http.post(
+            "/upload/chunk", content=body, headers={**headers, "Content-Type": FORM_CONTENT_TYPE}
+        )
+        assert_envelope(response, 422, "validation_error")
+        assert "ASCII digits" in response.json()["message"]
+        assert (
+            http.get(f"/upload/{session_id}", headers=headers).json()["data"]["received_chunks"]
+            == []
+        )
+
+
+def test_duplicated_form_fields_are_refused(service: ServiceProcess, keypair: KeyPair) -> None:
+    headers = auth(keypair, "duplicates")
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        mine, other = new_session(http, headers), new_session(http, headers)
+        body = form_body(
+            [
+                form_part("upload_session_id", mine.encode()),
+                form_part("chunk_index", b"0"),
+                form_part("upload_session_id", other.encode()),
+                form_part("chunk", WAV_HEAD, file_name="blob"),
+            ]
+        )
+        response = http.post(
+            "/upload/chunk", content=body, headers={**headers, "Content-Type": FORM_CONTENT_TYPE}
+        )
+        assert_envelope(response, 422, "validation_error")
+        assert "more than once" in response.json()["message"]
+
+
+# ---------------------------------------------------------------------- item 8: names
+@pytest.mark.parametrize(
+    "name",
+    [
+        "line\r\nbreak.wav",
+        "tab\t.wav",
+        "escape\x1b[31m.wav",
+        "delete\x7f.wav",
+        "c1\x85.wav",
+        "evil\u202egnp.wav",
+        "isolate\u2066x\u2069.wav",
+        "mark\u200f.wav",
+        "separator\u2028.wav",
+    ],
+)
+def test_names_with_control_or_bidi_characters_are_refused(
+    service: ServiceProcess, keypair: KeyPair, name: str
+) -> None:
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        response = http.post(
+            "/upload/init",
+            json={"main_service_file_id": 1, "original_file_name": name},
+            headers=auth(keypair, "names"),
+        )
+        body = assert_envelope(response, 422, "validation_error")
+        assert body["error"]["details"]["character"].startswith("U+")
+        assert "original_file_name" in body["message"]
+
+
+def test_a_bare_extension_is_judged_by_the_allow_list(
+    service: ServiceProcess, keypair: KeyPair, audio_wav: bytes
+) -> None:
+    headers = auth(keypair, "bare-extension")
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        for refused in (".exe", ".", ".wav.exe"):
+            response = http.post(
+                "/upload/init",
+                json={"main_service_file_id": 1, "original_file_name": refused},
+                headers=headers,
+            )
+            assert_envelope(response, 422, "validation_error")
+        session_id = new_session(http, headers, name=".wav")
+        data = upload_and_complete(http, headers, session_id, audio_wav)
+        assert data["key"].endswith(f"/{session_id}/audio.wav")
+
+
+def upload_and_complete(
+    http: httpx.Client, headers: dict[str, str], session_id: str, data: bytes
+) -> dict[str, Any]:
+    chunk = http.post(
+        "/upload/chunk",
+        data={"upload_session_id": session_id, "chunk_index": "0"},
+        files={"chunk": ("blob", data)},
+        headers=headers,
+    )
+    assert chunk.status_code == 200, chunk.text
+    done = http.post(
+        "/upload/complete",
+        json={"upload_session_id": session_id, "total_chunks": 1, "main_service_file_id": 7},
+        headers=headers,
+    )
+    assert done.status_code == 200, done.text
+    result: dict[str, Any] = done.json()["data"]
+    return result
+
+
+# ------------------------------------------------------------ item 9: owner key segment
+def test_owners_never_share_a_key_prefix_and_old_sessions_keep_their_keys(
+    service: ServiceProcess, keypair: KeyPair, audio_wav: bytes
+) -> None:
+    subs = [
+        "tenant-a/alice",
+        "tenant-b/alice",
+        "\u30e6\u30fc\u30b6\u30fc",  # two subs in another script: both used to be "user"
+        "\u30e6\u30fc\u30b6",
+    ]
+    owners = {}
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        for sub in subs:
+            headers = auth(keypair, sub)
+            data = upload_and_complete(http, headers, new_session(http, headers), audio_wav)
+            owners[sub] = data["key"].split("/")[1]
+        assert len(set(owners.values())) == len(subs)
+        assert owners["tenant-a/alice"] == owner_segment("tenant-a/alice")
+        assert owners["tenant-a/alice"].startswith("tenant-a_alice-")
+        assert owners[subs[2]].startswith("user-")
+        assert owners[subs[3]].startswith("user-")
+
+        # A session created before the rule has no stored key: it keeps the old one.
+        headers = auth(keypair, "tenant-a/alice")
+        old = new_session(http, headers)
+        database = service.env["DATABASE_URL"].removeprefix("sqlite+aiosqlite:///")
+        with sqlite3.connect(database) as db:
+            db.execute("UPDATE upload_sessions SET object_key = NULL WHERE id = ?", (old,))
+        data = upload_and_complete(http, headers, old, audio_wav)
+        assert data["key"] == legacy_object_key("uploads", "tenant-a/alice", 7, old, "voice.wav")
+        assert data["key"].startswith("uploads/alice/7/")
+
+
+# ------------------------------------------ item 12: the token before the JSON body
+def test_init_checks_the_token_before_reading_the_body(
+    service: ServiceProcess, keypair: KeyPair
+) -> None:
+    head = (
+        "POST /upload/init HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Content-Length: 60000\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    # A bad token: refused at once, though not one byte of the declared body was sent.
+    status, body = raw_exchange(service.port, head.format(token="junk").encode())
+    assert status == 401
+    assert json.loads(body)["error"]["code"] == "invalid_token"
+    # A good token and a body that stalls: cut off after JSON_IDLE_TIMEOUT_SECONDS (1 s).
+    status, body = raw_exchange(
+        service.port, head.format(token=keypair.token("slow")).encode() + b'{"main_'
+    )
+    assert status == 408
+    assert json.loads(body)["error"]["code"] == "request_timeout"
