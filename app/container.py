@@ -22,6 +22,7 @@ from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
 from app.storage.stats import count_sessions_by_state, staging_bytes
 from app.uploads.audio import AudioFacts, inspect_audio, sniff_head
+from app.uploads.quota import StagedBytesQuota
 from app.uploads.service import AudioInspector, HeadSniffer, UploadPolicy, UploadService
 
 
@@ -39,6 +40,8 @@ class Container:
     # --- main-service notification (None when MAIN_SERVICE_NOTIFY_URL is unset)
     outbox: SqlOutbox | None = None
     notifier: OutboxNotifier | None = None
+    # --- per-user staging quota (None when MAX_STAGED_BYTES_PER_USER is 0)
+    quota: StagedBytesQuota | None = None
 
     async def close(self) -> None:
         await self.stack.aclose()
@@ -104,6 +107,7 @@ async def build_container(
             settings.local_temp_chunk_path,
             fsync=settings.staging_fsync,
             max_bytes=settings.staging_max_bytes,
+            min_free_bytes=settings.staging_min_free_bytes,
         )
         staging.prepare()
         stack.push_async_callback(verifier.close)  # a JWKS fetch in flight
@@ -143,6 +147,11 @@ async def build_container(
         outbox=SqlOutbox(engine),
         notifier=notifier,
         metrics=metrics,
+        quota=(
+            StagedBytesQuota(store.staged_bytes_of, settings.max_staged_bytes_per_user)
+            if settings.max_staged_bytes_per_user
+            else None
+        ),
     )
     register_gauges(container)
     return container

@@ -136,6 +136,13 @@ class StagingFull(ServiceError):
     default_message = "Staging storage is full; retry later."
 
 
+class StagingQuotaExceeded(ServiceError):
+    code, status = "staging_quota_exceeded", 507
+    default_message = (
+        "This user has too many bytes staged; complete or abort an upload to free space."
+    )
+
+
 class InternalError(ServiceError):
     code, status = "internal_error", 500
     default_message = "An internal error occurred."

@@ -192,6 +192,37 @@ class Settings(BaseSettings):
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
 
+    # --- hostile input at the edge (issue 12) ----------------------------------------
+    json_idle_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="An init/complete JSON body that sends nothing this long is cut off (408).",
+    )
+    max_staged_bytes_per_user: int = Field(
+        default=8 * GiB,
+        ge=0,
+        description="bytes staged at once per sub (chunks of open sessions, and chunks "
+        "being received); beyond it a chunk gets 507 staging_quota_exceeded; 0: no limit",
+    )
+    staging_min_free_bytes: int = Field(
+        default=1 * GiB,
+        ge=0,
+        description="free space kept on the staging filesystem (the default SQLite "
+        "database lives there too): a chunk that would eat into it gets 507; 0: none",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="serve /metrics on this port only (for scrapers), not on the API port",
+    )
+    metrics_cache_seconds: float = Field(
+        default=5, ge=0, description="how long one /metrics snapshot is served"
+    )
+    ready_cache_seconds: float = Field(
+        default=2, ge=0, description="how long one /readyz verdict is served"
+    )
+
     @field_validator("jwt_algorithm")
     @classmethod
     def _asymmetric_only(cls, value: str) -> str:

@@ -236,6 +236,20 @@ class SqlSessionStore:
             await conn.execute(insert(upload_sessions).values(**_session_row(session)))
             return True
 
+    async def staged_bytes_of(self, owner_sub: str) -> int:
+        """Bytes of the chunks recorded for the owner's uploading and completing
+        sessions: what the owner holds in staging (the per-user staging quota)."""
+        async with self.engine.connect() as conn:
+            total = await conn.scalar(
+                select(func.coalesce(func.sum(C.size_bytes), 0))
+                .select_from(upload_chunks.join(upload_sessions, C.session_id == S.id))
+                .where(
+                    S.owner_sub == owner_sub,
+                    S.state.in_([SessionState.UPLOADING.value, SessionState.COMPLETING.value]),
+                )
+            )
+        return int(total or 0)
+
     # --- janitor queries: each state change is guarded, so replicas may race ---------
     async def list_stale_sessions(
         self, *, now: datetime, lease_lapsed_before: datetime, limit: int

@@ -14,6 +14,12 @@ as they arrive, released when a file is removed) on top of what was on disk when
 measured; `refresh_usage` re-measures the tree (at start-up and every janitor pass), so
 other replicas' files are counted from then on. Beyond the cap, or on ENOSPC, a write
 fails with StagingFull and the caller discards the partial file.
+
+Free-space reserve (`min_free_bytes`, STAGING_MIN_FREE_BYTES): the filesystem's free space
+is probed (statvfs, a few microseconds) at the first reservation and then after every
+FREE_SPACE_PROBE_BYTES reserved; a write that would leave less than the reserve fails with
+StagingFull, so staging never takes the last bytes the database (by default a SQLite file
+in the same directory) needs. The readiness probe (`check`) never touches these counters.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from app.errors import ChunkTooLarge, StagingFull
 from app.uploads.models import StagedFile, StoredChunk
 
 WRITE_BLOCK_BYTES = 256 * 1024
+FREE_SPACE_PROBE_BYTES = 1024 * 1024
 # writev takes at most IOV_MAX buffers per call.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -176,10 +183,14 @@ class StagingEntry:
 
 
 class DiskStaging:
-    def __init__(self, root: Path, *, fsync: bool = False, max_bytes: int = 0) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool = False, max_bytes: int = 0, min_free_bytes: int = 0
+    ) -> None:
         self.root = root
         self.fsync = fsync
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._unprobed_bytes = FREE_SPACE_PROBE_BYTES  # probe at the first reservation
         self.incoming_dir = root / "incoming"
         self.sessions_dir = root / "sessions"
         self._used_bytes = 0
@@ -203,9 +214,25 @@ class DiskStaging:
         with self._lock:
             if self.max_bytes and self._used_bytes + size_bytes > self.max_bytes:
                 raise StagingFull(details={"staging_max_bytes": self.max_bytes})
+            if self.min_free_bytes:
+                self._unprobed_bytes += size_bytes
+                if self._unprobed_bytes >= FREE_SPACE_PROBE_BYTES:
+                    self._keep_free_space(size_bytes)
+                    self._unprobed_bytes = 0
             self._used_bytes += size_bytes
             if writer is not None:
                 self._writing[writer] = self._writing.get(writer, 0) + size_bytes
+
+    def _keep_free_space(self, size_bytes: int) -> None:
+        try:
+            found = os.statvfs(self.incoming_dir)
+        except OSError:
+            return  # the write itself will say what is wrong
+        if found.f_bavail * found.f_frsize - size_bytes < self.min_free_bytes:
+            raise StagingFull(
+                "The staging filesystem is full (its free-space reserve is kept).",
+                details={"staging_min_free_bytes": self.min_free_bytes},
+            )
 
     def release(self, size_bytes: int) -> None:
         with self._lock:
@@ -309,7 +336,10 @@ class DiskStaging:
 
     async def check(self) -> None:
         def probe() -> None:
-            self.prepare()
+            # Not prepare(): that re-measures the tree and resets the cap's counter
+            # without regard to reservations in flight.
+            self.incoming_dir.mkdir(parents=True, exist_ok=True)
+            self.sessions_dir.mkdir(parents=True, exist_ok=True)
             probe_path = self.incoming_dir / f".ready-{uuid.uuid4().hex}"
             probe_path.write_bytes(b"ok")
             probe_path.unlink()

@@ -91,6 +91,11 @@ class SessionStore(Protocol):
         only_from: Sequence[SessionState],
     ) -> bool: ...
 
+    async def staged_bytes_of(self, owner_sub: str) -> int:
+        """Bytes of the chunks recorded for the owner's open (uploading, completing)
+        sessions."""
+        ...
+
     async def ping(self) -> None: ...
 
 

@@ -57,7 +57,12 @@ from app.uploads.models import (
     UploadSession,
     utc_now,
 )
-from app.uploads.naming import build_object_key, file_extension
+from app.uploads.naming import (
+    build_object_key,
+    check_file_name,
+    file_extension,
+    legacy_object_key,
+)
 from app.uploads.ports import (
     ChunkRecordOutcome,
     ChunkStaging,
@@ -168,8 +173,9 @@ class UploadService:
                 details={"max_chunk_size": policy.max_chunk_size},
             )
         now = self._clock()
+        session_id = str(uuid.uuid4())
         session = UploadSession(
-            id=str(uuid.uuid4()),
+            id=session_id,
             owner_sub=principal.sub,
             main_service_file_id=request.main_service_file_id,
             original_file_name=request.original_file_name,
@@ -182,6 +188,14 @@ class UploadService:
             chunk_size=request.chunk_size,
             sha256=request.sha256.lower() if request.sha256 else None,
             content_type=request.content_type,
+            # Stored at init: the key rule may change, a session's key never does.
+            object_key=build_object_key(
+                policy.key_prefix,
+                principal.sub,
+                request.main_service_file_id,
+                session_id,
+                request.original_file_name,
+            ),
         )
         limit = policy.max_open_sessions_per_user
         if not limit:
@@ -503,7 +517,7 @@ class UploadService:
     def _object_target(self, session: UploadSession) -> ObjectTarget:
         """Where the session's object goes. Deterministic, so an eager flush started
         before the bytes were inspected names the same object as `complete`."""
-        key = build_object_key(
+        key = session.object_key or legacy_object_key(
             self.policy.key_prefix,
             session.owner_sub,
             session.main_service_file_id,
@@ -621,14 +635,7 @@ class UploadService:
             raise Forbidden("The token's file_id claim does not match main_service_file_id.")
 
     def _check_file_name(self, file_name: str) -> None:
-        if "\x00" in file_name:
-            raise ValidationFailed("original_file_name must not contain NUL characters.")
-        extension = file_extension(file_name)
-        if extension not in self.policy.allowed_extensions:
-            raise ValidationFailed(
-                "original_file_name must have an allowed audio extension.",
-                details={"allowed_extensions": sorted(self.policy.allowed_extensions)},
-            )
+        check_file_name(file_name, self.policy.allowed_extensions)
 
     def _check_index(self, session: UploadSession, index: int) -> None:
         limit = self.policy.max_chunks
