@@ -112,7 +112,6 @@ class Settings(BaseSettings):
     completion_lease_seconds: int = Field(
         default=10,
         ge=1,
-        le=300,
         description="Lease of a session's once-only work (eager flush, complete), shared by "
         "replicas through the database: renewed every third of it while its holder works; "
         "a holder that died is replaced once it lapses.",
