@@ -16,10 +16,12 @@ from app.notify.outbox import SqlOutbox
 from app.notify.wiring import build_notifier
 from app.settings import Settings
 from app.storage.database import create_engine, migrate
+from app.storage.leases import SqlLeaseStore
 from app.storage.parts_store import SqlPartStore
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
+from app.storage.staging_s3 import S3Staging
 from app.storage.stats import count_sessions_by_state, staging_bytes
 from app.uploads.audio import AudioFacts, inspect_audio, sniff_head
 from app.uploads.quota import StagedBytesQuota
@@ -31,7 +33,7 @@ class Container:
     settings: Settings
     engine: AsyncEngine
     store: SqlSessionStore
-    staging: DiskStaging
+    staging: DiskStaging | S3Staging
     objects: S3MultipartStore
     uploads: UploadService
     verifier: TokenVerifier
@@ -103,13 +105,13 @@ async def build_container(
     metrics = metrics or Metrics()
     stack = AsyncExitStack()
     try:
-        staging = DiskStaging(
+        disk = DiskStaging(
             settings.local_temp_chunk_path,
             fsync=settings.staging_fsync,
             max_bytes=settings.staging_max_bytes,
             min_free_bytes=settings.staging_min_free_bytes,
         )
-        staging.prepare()
+        disk.prepare()
         stack.push_async_callback(verifier.close)  # a JWKS fetch in flight
         engine = create_engine(settings.resolved_database_url, schema=settings.database_schema)
         stack.push_async_callback(engine.dispose)
@@ -118,6 +120,15 @@ async def build_container(
         objects = S3MultipartStore(settings, on_error=metrics.count_s3_error)
         await objects.open()
         stack.push_async_callback(objects.close)
+        staging: DiskStaging | S3Staging = disk
+        if settings.staging_backend == "s3":
+            staging = S3Staging(
+                objects,
+                disk,
+                bucket=settings.s3_staging_bucket or settings.s3_bucket_name,
+                prefix=settings.s3_staging_prefix,
+            )
+            await staging.open()
         store = SqlSessionStore(engine)
         notifier = await build_notifier(settings, engine, stack, start_loop=background_loops)
         uploads = UploadService(
@@ -129,6 +140,7 @@ async def build_container(
             sniff_head=head_sniffer(settings),
             notifier=notifier,
             parts=SqlPartStore(engine),
+            leases=SqlLeaseStore(engine),
         )
         if uploads.eager is not None:
             stack.push_async_callback(uploads.eager.close)

@@ -94,6 +94,20 @@ class Settings(BaseSettings):
         description="PostgreSQL only: the schema to keep the tables in.",
     )
     auto_migrate: bool = True
+    staging_backend: Literal["disk", "s3"] = Field(
+        default="disk",
+        description="Where acknowledged chunks live until completion: local disk (one node) "
+        "or S3 objects under S3_STAGING_PREFIX (replicas sharing only the database and the "
+        "bucket; local disk then holds only chunks in flight).",
+    )
+    s3_staging_prefix: str = Field(
+        default="staging/",
+        description="Key prefix of staged chunk objects (STAGING_BACKEND=s3); keep it outside "
+        "S3_KEY_PREFIX so a lifecycle rule can expire it.",
+    )
+    s3_staging_bucket: str | None = Field(
+        default=None, description="Bucket of staged chunks; unset: S3_BUCKET_NAME."
+    )
     staging_fsync: bool = Field(
         default=False,
         description="fsync each chunk before acknowledging it: survives power loss, "
@@ -106,9 +120,11 @@ class Settings(BaseSettings):
     max_chunks: int = Field(default=10_000, ge=1, le=100_000)
     session_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     completion_lease_seconds: int = Field(
-        default=900,
+        default=10,
         ge=1,
-        description="How long a complete may run before another request may take it over.",
+        description="Lease of a session's once-only work (eager flush, complete), shared by "
+        "replicas through the database: renewed every third of it while its holder works; "
+        "a holder that died is replaced once it lapses.",
     )
     allowed_audio_extensions: Annotated[frozenset[str], NoDecode] = Field(
         default_factory=lambda: frozenset(DEFAULT_AUDIO_EXTENSIONS.split(","))
@@ -297,8 +313,22 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be an https:// URL (http:// only for a loopback host)")
 
+    @field_validator("s3_staging_prefix")
+    @classmethod
+    def _normalise_staging_prefix(cls, value: str) -> str:
+        parts = [part for part in value.strip().split("/") if part not in ("", ".")]
+        if not parts or any(part == ".." for part in parts):
+            raise ValueError("must be a non-empty key prefix without '..'")
+        return "/".join(parts) + "/"
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        if self.staging_backend == "s3" and self.s3_staging_bucket in (None, self.s3_bucket_name):
+            stored = f"{self.s3_key_prefix}/" if self.s3_key_prefix else ""
+            if stored.startswith(self.s3_staging_prefix) or self.s3_staging_prefix.startswith(
+                stored
+            ):
+                raise ValueError("S3_STAGING_PREFIX must lie outside S3_KEY_PREFIX")
         if self.main_service_jwt_public_key is None and not self.main_service_jwks_url:
             raise ValueError("MAIN_SERVICE_JWT_PUBLIC_KEY or MAIN_SERVICE_JWKS_URL must be set")
         if (self.s3_access_key is None) != (self.s3_secret_key is None):

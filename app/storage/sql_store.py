@@ -17,12 +17,15 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.notify.outbox import insert_event
-from app.storage.tables import upload_chunks, upload_sessions
+from app.storage import leases
+from app.storage.tables import session_leases, upload_chunks, upload_sessions
+from app.uploads.leasing import WORK
 from app.uploads.models import SessionState, StoredChunk, UploadSession
-from app.uploads.ports import ChunkRecordOutcome, ChunkRecordResult, OutboxEvent
+from app.uploads.ports import ChunkRecordOutcome, ChunkRecordResult, Lease, OutboxEvent
 
 S = upload_sessions.c
 C = upload_chunks.c
+L = session_leases.c
 
 _OPEN_STATES = (SessionState.UPLOADING.value, SessionState.COMPLETING.value)
 _PURGEABLE_STATES = (
@@ -130,10 +133,8 @@ class SqlSessionStore:
                 update(upload_sessions)
                 .where(
                     S.id == session_id,
-                    or_(
-                        and_(S.state == SessionState.UPLOADING.value, S.expires_at > now),
-                        and_(S.state == SessionState.COMPLETING.value, S.lease_expires_at < now),
-                    ),
+                    S.state == SessionState.UPLOADING.value,
+                    S.expires_at > now,
                 )
                 .values(
                     state=SessionState.COMPLETING.value,
@@ -141,7 +142,11 @@ class SqlSessionStore:
                     updated_at=now,
                 )
             )
-            return bool(claimed.rowcount == 1)
+            if claimed.rowcount == 1:
+                return True
+            # Already completing: whoever holds (or takes over) the work lease finishes it.
+            state = await conn.scalar(select(S.state).where(S.id == session_id))
+            return bool(state == SessionState.COMPLETING.value)
 
     async def remember_multipart_upload(
         self, session_id: str, *, object_key: str, upload_id: str | None
@@ -160,8 +165,13 @@ class SqlSessionStore:
         now: datetime,
         result: dict[str, Any],
         event: OutboxEvent | None = None,
+        lease: Lease | None = None,
     ) -> bool:
         async with self.engine.begin() as conn:
+            # Fenced: a holder whose lease was taken over must not commit (first
+            # statement, so on PostgreSQL the lease row stays locked until we commit).
+            if lease is not None and not await leases.still_held(conn, lease):
+                return False
             finished = await conn.execute(
                 update(upload_sessions)
                 .where(S.id == session_id, S.state == SessionState.COMPLETING.value)
@@ -173,13 +183,20 @@ class SqlSessionStore:
                     multipart_upload_id=None,
                 )
             )
+            if finished.rowcount != 1:
+                return False
             # The event commits with the state change or not at all.
-            if event is not None and finished.rowcount == 1:
+            if event is not None:
                 await insert_event(conn, event)
-            return bool(finished.rowcount == 1)
+            await leases.delete_for(conn, [session_id])
+            return True
 
-    async def release_completion(self, session_id: str, *, now: datetime) -> None:
+    async def release_completion(
+        self, session_id: str, *, now: datetime, lease: Lease | None = None
+    ) -> None:
         async with self.engine.begin() as conn:
+            if lease is not None and not await leases.still_held(conn, lease):
+                return  # taken over: the new holder decides
             await conn.execute(
                 update(upload_sessions)
                 .where(S.id == session_id, S.state == SessionState.COMPLETING.value)
@@ -301,6 +318,14 @@ class SqlSessionStore:
                     S.id == session_id,
                     S.state == SessionState.COMPLETING.value,
                     S.lease_expires_at < lease_lapsed_before,
+                    # A completion still renewing its lease is alive, however long it runs.
+                    ~select(L.session_id)
+                    .where(
+                        L.session_id == S.id,
+                        L.name == WORK,
+                        L.expires_at >= lease_lapsed_before,
+                    )
+                    .exists(),
                 )
                 .values(
                     state=SessionState.UPLOADING.value,
@@ -363,6 +388,7 @@ class SqlSessionStore:
             if not ids:
                 return 0
             await conn.execute(delete(upload_chunks).where(C.session_id.in_(ids)))
+            await leases.delete_for(conn, ids)
             deleted = await conn.execute(
                 delete(upload_sessions).where(
                     S.id.in_(ids), S.state.in_(_PURGEABLE_STATES), S.updated_at < updated_before

@@ -104,7 +104,7 @@ class DiskChunkWriter:
     def _write_block(self, block: list[bytes | memoryview]) -> None:
         try:
             if self._fd < 0:
-                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._fd = _create(self._path)
             for piece in block:
                 self._digest.update(piece)
             _write_all(self._fd, block)
@@ -123,7 +123,7 @@ class DiskChunkWriter:
     def _close(self, fsync: bool) -> None:
         try:
             if self._fd < 0:  # an empty chunk
-                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._fd = _create(self._path)
             if fsync:
                 os.fsync(self._fd)
         except OSError as error:
@@ -161,6 +161,16 @@ class DiskChunkWriter:
         self._staging.release(self._size_bytes)
         self._staging.writer_done(self._name)
         self._size_bytes = 0
+
+
+def _create(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:
+        # The staging directory was wiped under a running process (a replaced volume, an
+        # operator's clean-up): recreate it rather than fail every chunk from now on.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
 
 def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:

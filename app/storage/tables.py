@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -68,6 +69,8 @@ upload_sessions = Table(
     # `complete` (in any process) knows the Content-Type S3 will give the object.
     Column("eager_upload", JSON),
 )
+# The retention purge and the per-state gauges walk (state, updated_at) (migration 0005).
+Index("ix_upload_sessions_state_updated_at", upload_sessions.c.state, upload_sessions.c.updated_at)
 
 upload_chunks = Table(
     "upload_chunks",
@@ -103,4 +106,18 @@ upload_parts = Table(
     Column("etag", String(255), nullable=False),
     Column("covers", JSON, nullable=False),
     Column("uploaded_at", UtcDateTime, nullable=False),
+)
+
+# --- replicas (issue 13): per-session leases with a fencing token ----------------------
+# One row per (session, name). `generation` only ever grows (a release lapses the row
+# instead of deleting it), so a holder whose lease was taken over can never pass for the
+# new one; rows go when their session completes or is purged.
+session_leases = Table(
+    "session_leases",
+    metadata,
+    Column("session_id", String(36), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
 )

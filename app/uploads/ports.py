@@ -1,6 +1,19 @@
 """The narrow interfaces the domain needs. Adapters in `app.storage` implement them.
 
 They are declared here, where they are used, so the domain never imports a vendor.
+
+Leases (`LeaseStore`, issue 13): work that must happen once per session across replicas
+(eager flush, complete; a tus PATCH writer later) is done by whoever holds the session's
+lease of that name. A lease is short (`COMPLETION_LEASE_SECONDS`) and renewed while held
+(`app.uploads.leasing.hold` does both as an async context manager); once it lapses anyone
+may take it, and each taking raises its `generation`, the fencing token: every write a
+holder makes that others could race is conditional on its generation, so a holder that
+paused past its lease (GC, a frozen VM) can no longer write. Usage:
+
+    held = await leasing.try_hold(leases, session_id, "work", ttl_seconds=10)
+    if held is not None:
+        async with held:                 # renewed every ttl/3 until the block ends
+            ...                          # held.lease.generation fences the writes
 """
 
 from __future__ import annotations
@@ -59,7 +72,8 @@ class SessionStore(Protocol):
     async def claim_completion(
         self, session_id: str, *, now: datetime, lease_expires_at: datetime
     ) -> bool:
-        """uploading (or completing with a lapsed lease) -> completing; False if not won."""
+        """uploading -> completing; True when the session is completing now (claimed
+        here or before: the work lease says who does the work), False otherwise."""
         ...
 
     async def remember_multipart_upload(
@@ -73,13 +87,18 @@ class SessionStore(Protocol):
         now: datetime,
         result: dict[str, Any],
         event: OutboxEvent | None = None,
+        lease: Lease | None = None,
     ) -> bool:
         """completing -> completed, storing the result and, when given, its outbox event,
-        in one transaction: a completed session always has its event, and vice versa."""
+        in one transaction: a completed session always has its event, and vice versa.
+        With `lease`, only while that lease is still held (fenced by its generation)."""
         ...
 
-    async def release_completion(self, session_id: str, *, now: datetime) -> None:
-        """completing -> uploading after a failed attempt, so the client can retry."""
+    async def release_completion(
+        self, session_id: str, *, now: datetime, lease: Lease | None = None
+    ) -> None:
+        """completing -> uploading after a failed attempt, so the client can retry (with
+        `lease`: only while it is still held)."""
         ...
 
     async def set_state(
@@ -145,6 +164,10 @@ class MultipartObjectStore(Protocol):
 
     async def finish(self, key: str, upload_id: str, etags: Sequence[str]) -> None: ...
 
+    async def list_parts(self, key: str, upload_id: str) -> list[int]:
+        """The part numbers the store holds for an unfinished upload."""
+        ...
+
     async def abort(self, key: str, upload_id: str) -> None: ...
 
     def url_for(self, key: str) -> str: ...
@@ -153,6 +176,39 @@ class MultipartObjectStore(Protocol):
     def bucket(self) -> str: ...
 
     async def check(self) -> None: ...
+
+
+# --- leases across replicas -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    session_id: str
+    name: str
+    holder: str
+    generation: int
+    expires_at: datetime
+
+
+class LeaseStore(Protocol):
+    """Per-session named leases with a fencing generation, kept in the shared database."""
+
+    async def acquire(
+        self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
+    ) -> Lease | None:
+        """Take the lease if nobody holds it or its holder let it lapse (the generation
+        goes up by one); None while another holder's lease runs."""
+        ...
+
+    async def renew(self, lease: Lease, *, now: datetime, ttl_seconds: float) -> Lease | None:
+        """Extend a lease still ours (same generation); None once taken over."""
+        ...
+
+    async def release(self, lease: Lease, *, now: datetime) -> None:
+        """Let it lapse now if still ours; the generation stays, so it keeps growing."""
+        ...
+
+    async def current(self, session_id: str, name: str) -> Lease | None: ...
 
 
 # --- main-service notification ---------------------------------------------------------

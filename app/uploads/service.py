@@ -5,7 +5,14 @@ Invariants:
 * a chunk becomes part of a session only once fully written, verified and renamed, and
   its record commits only while the session is still uploading, so a completion never
   reads a chunk that changes under it;
-* exactly one request at a time holds a session in `completing` (a lease in the store);
+* a session's once-only work (eager flush, complete) is done by whoever holds its work
+  lease (`ports.LeaseStore`, a row in the shared database with a fencing generation),
+  so any replica may answer any call. The lease is short (COMPLETION_LEASE_SECONDS) and
+  renewed while held: a holder killed mid-complete is replaced within that time;
+* `complete` marks the session `completing` (no more chunks), then takes the work lease.
+  A second `complete` (on any replica) waits for the holder: it answers the holder's
+  result once the session is completed, takes the work over once the lease lapses (the
+  holder died), or answers 409 `completion_in_progress` after about 1.5 leases;
 * a failed completion leaves the session completable and nothing in the bucket;
 * with a notifier, a session becomes completed in the same transaction that writes its
   `upload.completed` outbox event, so the main service hears of every stored file.
@@ -41,7 +48,7 @@ from app.errors import (
     UnsupportedAudio,
     ValidationFailed,
 )
-from app.uploads import audio
+from app.uploads import audio, leasing
 from app.uploads.assembly import hash_stream, upload_in_parts
 from app.uploads.audio import AudioFacts
 from app.uploads.eager import EagerFlusher, ObjectTarget, PartStore
@@ -68,12 +75,16 @@ from app.uploads.ports import (
     ChunkStaging,
     ChunkWriter,
     CompletionNotifier,
+    LeaseStore,
     MultipartObjectStore,
     OutboxEvent,
     SessionStore,
 )
 
 log = structlog.get_logger(__name__)
+
+# How often a `complete` waiting for another holder's lease looks again.
+LEASE_POLL_SECONDS = 0.25
 
 # Content types by extension, used until the bytes themselves are inspected.
 _EXTENSION_CONTENT_TYPES = {
@@ -131,6 +142,7 @@ class UploadService:
         clock: Callable[[], datetime] = utc_now,
         notifier: CompletionNotifier | None = None,
         parts: PartStore | None = None,
+        leases: LeaseStore | None = None,
     ) -> None:
         self.store = store
         self.staging = staging
@@ -140,6 +152,10 @@ class UploadService:
         self._sniff_head = sniff_head
         self._clock = clock
         self._notifier = notifier
+        # Without a shared store (tests, one process) the leases live in this process.
+        self.leases: LeaseStore = leases if leases is not None else leasing.MemoryLeaseStore()
+        # Writes are fenced in the store only when the leases live in the same database.
+        self._fenced = leases is not None
         # Eager flush (issue 7): parts go to S3 while chunks arrive; off without a PartStore.
         self.eager: EagerFlusher | None = None
         if parts is not None and policy.eager_flush:
@@ -153,6 +169,8 @@ class UploadService:
                 part_size_bytes=policy.part_size_bytes,
                 concurrency=policy.part_concurrency,
                 clock=clock,
+                leases=self.leases,
+                lease_seconds=policy.completion_lease_seconds,
             )
 
     # ----------------------------------------------------------------------- init
@@ -324,18 +342,62 @@ class UploadService:
         )
         if not claimed:
             return await self._outcome_of_another_completion(session.id)
+        held = await self._hold_work_lease(session.id)
+        if held is None:
+            return await self._outcome_of_another_completion(session.id)
+        async with held:
+            return await self._complete_holding(session, request, declared_sha, held)
+
+    async def _hold_work_lease(self, session_id: str) -> leasing.HeldLease | None:
+        """The session's work lease, waiting (with a deadline) for a live holder to finish
+        or a dead one's lease to lapse; None once the session is no longer completing or
+        the wait is over."""
+        if self.eager is not None:
+            # Stop this process's background flush first: it holds the lease while it runs.
+            waited = time.perf_counter()
+            await self.eager.take_over(session_id)
+            log.info(
+                "upload.eager_taken_over",
+                session_id=session_id,
+                waited_seconds=round(time.perf_counter() - waited, 3),
+            )
+        ttl_seconds = self.policy.completion_lease_seconds
+        deadline = time.monotonic() + 1.5 * ttl_seconds + 1
+        while True:
+            held = await leasing.try_hold(
+                self.leases, session_id, ttl_seconds=ttl_seconds, clock=self._clock
+            )
+            if held is not None:
+                if held.generation > 1:
+                    log.info(
+                        "upload.lease_taken", session_id=session_id, generation=held.generation
+                    )
+                return held
+            current = await self.store.get(session_id)
+            if (
+                current is None
+                or current.state is not SessionState.COMPLETING
+                or time.monotonic() >= deadline
+            ):
+                if self.eager is not None:
+                    self.eager.release(session_id)
+                return None
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+
+    async def _complete_holding(
+        self,
+        session: UploadSession,
+        request: CompleteRequest,
+        declared_sha: str | None,
+        held: leasing.HeldLease,
+    ) -> CompletionOutcome:
+        # Re-read under the lease: another holder may have finished (or released) it, and
+        # the row names the multipart upload a flush (on any replica) opened.
+        current = await self.store.get(session.id)
+        if current is None or current.state is not SessionState.COMPLETING:
+            return await self._outcome_of_another_completion(session.id)
+        session = current
         try:
-            if self.eager is not None:
-                # Complete owns the session now: stop its background flush, then re-read
-                # the row, which names the multipart upload the flush opened (if any).
-                waited = time.perf_counter()
-                await self.eager.take_over(session.id)
-                log.info(
-                    "upload.eager_taken_over",
-                    session_id=session.id,
-                    waited_seconds=round(time.perf_counter() - waited, 3),
-                )
-                session = await self.store.get(session.id) or session
             # Chunks cannot change any more: re-read the records we now own.
             chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
             self._check_chunk_set(chunks, request.total_chunks)
@@ -344,7 +406,11 @@ class UploadService:
             if self.eager is not None:
                 await asyncio.shield(self._discard_eager(session))
                 self.eager.release(session.id)
-            await asyncio.shield(self.store.release_completion(session.id, now=self._clock()))
+            await asyncio.shield(
+                self.store.release_completion(
+                    session.id, now=self._clock(), lease=held.lease if self._fenced else None
+                )
+            )
             raise
         if self.eager is not None:
             self.eager.forget(session.id)
@@ -355,7 +421,11 @@ class UploadService:
             else None
         )
         committed = await self.store.finish_completion(
-            session.id, now=finished_at, result=result, event=event
+            session.id,
+            now=finished_at,
+            result=result,
+            event=event,
+            lease=held.lease if self._fenced else None,
         )
         if not committed:
             # Our lease lapsed and the session was taken from us (released by the janitor
@@ -372,6 +442,7 @@ class UploadService:
             key=result["key"],
             size_bytes=result["size"],
             notified=notified,
+            lease_generation=held.generation,
         )
         return CompletionOutcome(result=result, notified=notified)
 
@@ -622,12 +693,7 @@ class UploadService:
             raise SessionExpired()
         if state in (SessionState.ABORTED, SessionState.FAILED):
             raise SessionNotCompletable(details={"state": state.value})
-        if (
-            state is SessionState.COMPLETING
-            and session.lease_expires_at is not None
-            and session.lease_expires_at > now
-        ):
-            raise CompletionInProgress()
+        # completing: the work lease decides whether to wait for its holder or take over.
         return None
 
     def _check_file_id_claim(self, principal: Principal, main_service_file_id: int) -> None:
