@@ -113,7 +113,9 @@ def connector(url: URL, *, timeout: float) -> Any:
     kwargs = {**kwargs, "timeout": timeout}
 
     async def connect() -> OneHopConnection:
-        connection = OneHopConnection(partial(sqlite3.connect, *args, **kwargs), iter_chunk_size=64)
+        connection = OneHopConnection(
+            partial(sqlite3.connect, *args, **kwargs), iter_chunk_size=64
+        )
         # As SQLAlchemy does for aiosqlite's own connections: never keep the process up.
         connection._thread.daemon = True
         await connection
