@@ -100,10 +100,12 @@ async def create(request: Request, principal: Principal, container: Container) -
     await container.resumable_records.create(ResumableRecord(session.id, PROTOCOL))
     url = location(request, container, session.id)
     offset = 0
+    cut_short = False
     if has_body(request):
-        offset = await append_body(request, container, principal, session.id, 0)
+        appended = await append_body(request, container, principal, session.id, 0)
+        offset, cut_short = appended.offset, appended.cut_short
     headers = _answer(version, container, Location=url, **{"Upload-Offset": str(offset)})
-    if complete:
+    if complete and not cut_short:
         if length is None:
             await uploads.declare_size(principal, session.id, offset)
         elif offset != length:
@@ -172,7 +174,7 @@ async def patch(
             principal, session.id, _int(request.headers["upload-length"], "Upload-Length")
         )
     try:
-        new_offset = await append_body(request, container, principal, session.id, offset)
+        appended = await append_body(request, container, principal, session.id, offset)
     except OffsetMismatch as mismatch:
         expected = int((mismatch.details or {}).get("offset", 0))
         return _problem(
@@ -184,8 +186,9 @@ async def patch(
             headers={"Upload-Offset": str(expected)},
             **{"expected-offset": expected, "provided-offset": offset},
         )
+    new_offset = appended.offset
     headers = _answer(version, container, **{"Upload-Offset": str(new_offset)})
-    if complete:
+    if complete and not appended.cut_short:
         length = session.total_size
         if length is None:
             await uploads.declare_size(principal, session.id, new_offset)

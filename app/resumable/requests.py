@@ -4,6 +4,7 @@ upload's writer lease, complete through the core, the upload's URL."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -19,6 +20,12 @@ from app.uploads.models import AppendChecksum, CompleteRequest, Principal
 STATE_HEADER = "X-Upload-State"
 
 
+@dataclass(frozen=True)
+class Appended:
+    offset: int  # the upload's offset after this request
+    cut_short: bool  # the body ended early (disconnect, stall, release): not the last byte
+
+
 async def append_body(
     request: Request,
     container: Container,
@@ -28,7 +35,7 @@ async def append_body(
     *,
     checksum: AppendChecksum | None = None,
     flush_eagerly: bool = True,
-) -> int:
+) -> Appended:
     settings = container.settings
     body = RequestBody(request.receive, idle_timeout_seconds=settings.chunk_idle_timeout_seconds)
     async with HeldUpload(
@@ -37,7 +44,7 @@ async def append_body(
         ttl_seconds=settings.upload_lease_seconds,
         on_release_requested=body.stop,
     ) as held:
-        return await container.uploads.append(
+        offset = await container.uploads.append(
             principal,
             session_id,
             offset=offset,
@@ -46,6 +53,7 @@ async def append_body(
             fence=held.fence,
             flush_eagerly=flush_eagerly,
         )
+    return Appended(offset, body.cut_short)
 
 
 async def complete_upload(

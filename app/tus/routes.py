@@ -229,7 +229,7 @@ async def _append(
 ) -> int:
     """Stream the body into the upload at `offset` under the upload's writer lease."""
     checksum = parse_checksum(request.headers.get("upload-checksum"))
-    return await append_body(
+    appended = await append_body(
         request,
         container,
         principal,
@@ -238,6 +238,7 @@ async def _append(
         checksum=AppendChecksum(*checksum) if checksum is not None else None,
         flush_eagerly=concat != "partial",
     )
+    return appended.offset
 
 
 async def _complete(
