@@ -18,6 +18,7 @@ from app.settings import Settings
 from app.storage.database import create_engine, migrate
 from app.storage.leases import SqlLeaseStore
 from app.storage.parts_store import SqlPartStore
+from app.storage.resumable import SqlResumableRecords, SqlUploadLocks
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
@@ -44,6 +45,13 @@ class Container:
     notifier: OutboxNotifier | None = None
     # --- per-user staging quota (None when MAX_STAGED_BYTES_PER_USER is 0)
     quota: StagedBytesQuota | None = None
+    # --- the resumable front doors (tus, IETF): protocol records, one writer per upload
+    resumable_records: SqlResumableRecords = field(init=False)
+    upload_locks: SqlUploadLocks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.resumable_records = SqlResumableRecords(self.engine)
+        self.upload_locks = SqlUploadLocks(self.engine)
 
     async def close(self) -> None:
         await self.stack.aclose()

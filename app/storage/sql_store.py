@@ -400,6 +400,15 @@ class SqlSessionStore:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def set_total_size(self, session_id: str, total_size: int) -> bool:
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(upload_sessions)
+                .where(S.id == session_id, S.total_size.is_(None))
+                .values(total_size=total_size)
+            )
+            return changed.rowcount == 1
+
 
 async def _get(conn: AsyncConnection, session_id: str) -> UploadSession | None:
     row = (await conn.execute(_SESSION_BY_ID, {"session_id": session_id})).mappings().first()
