@@ -27,6 +27,7 @@ from app.janitor import JanitorLoop
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
+from app.uploader.page import build_router as build_uploader_router
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(uploads.router)
     app.include_router(health.router)
+    if settings.uploader_page:
+        app.include_router(build_uploader_router(settings))
     app.state.metrics = metrics
 
     app.add_middleware(

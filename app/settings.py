@@ -182,6 +182,12 @@ class Settings(BaseSettings):
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
 
+    # --- browser uploader page (issue 14) -------------------------------------------
+    uploader_page: bool = Field(
+        default=False,
+        description="Serve the Uppy uploader page at /uploader (./scripts/dev turns it on).",
+    )
+
     @field_validator("jwt_algorithm")
     @classmethod
     def _asymmetric_only(cls, value: str) -> str:
