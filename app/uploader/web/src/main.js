@@ -142,8 +142,24 @@ uppy.on('upload-success', async (file, response) => {
   }
 })
 
-uppy.on('upload-error', (file, error) => {
-  say(`${file?.name ?? 'A file'} was not uploaded: ${error.message}`)
+// The service's refusals (a 415 for a file that is not audio, a 401 for a bad token...)
+// come in its error envelope: show its sentence and code rather than tus-js-client's
+// whole request description.
+function describeError(error, response) {
+  const xhr = response?.body?.xhr
+  try {
+    const envelope = JSON.parse(xhr?.responseText ?? '')
+    if (envelope?.status === 'error') {
+      return `${envelope.message} (${envelope.error?.code}, HTTP ${response.status})`
+    }
+  } catch {
+    // not an envelope: fall through to the client's own message
+  }
+  return error.message
+}
+
+uppy.on('upload-error', (file, error, response) => {
+  say(`${file?.name ?? 'A file'} was not uploaded: ${describeError(error, response)}`)
 })
 
 // For tests and the curious: the Uppy instance behind the page.
