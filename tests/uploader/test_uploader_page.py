@@ -137,17 +137,30 @@ async def proxy(service: ServiceProcess) -> AsyncIterator[CuttableProxy]:
     await front.stop()
 
 
-async def upload_through_page(page: Page, audio: Path) -> tuple[str, str]:
+async def upload_through_page(page: Page, audio: Path, *, started: bool = False) -> tuple[str, str]:
     """Chooses `audio` on the Dashboard, starts the upload and waits for the stored
     object's line; returns the upload id and the URL the page shows."""
-    await page.locator("input.uppy-Dashboard-input").first.set_input_files(str(audio))
-    await page.locator(".uppy-StatusBar-actionBtn--upload").click()
+    if not started:
+        await start_upload(page, audio)
     stored = page.locator('#results li[data-state="completed"]')
     await expect(stored).to_have_count(1, timeout=UPLOAD_TIMEOUT_MS)
     upload_id = await stored.get_attribute("data-upload-id")
     url = await stored.locator("a.object-url").get_attribute("href")
     assert upload_id and url
     return upload_id, url
+
+
+async def start_upload(page: Page, audio: Path) -> None:
+    await page.locator("input.uppy-Dashboard-input").first.set_input_files(str(audio))
+    await page.locator(".uppy-StatusBar-actionBtn--upload").click()
+
+
+async def uploaded_bytes(page: Page) -> int:
+    """What Uppy reports as sent for the page's one file."""
+    sent = await page.evaluate(
+        "() => Object.values(window.uppy.getState().files)[0].progress.bytesUploaded || 0"
+    )
+    return int(sent)
 
 
 async def stored_object(service_url: str, token: str, upload_id: str, s3: Any) -> dict[str, Any]:
@@ -220,3 +233,54 @@ async def test_an_upload_cut_off_mid_way_is_resumed_by_uppy(
     assert proxy.seen[b"PATCH /files/"] >= 2
     assert cut_at < size
     assert proxy.upstream_bytes < size * 1.25, (proxy.upstream_bytes, size)
+
+
+async def test_an_upload_paused_on_the_page_resumes_where_it_stopped(
+    service: ServiceProcess,
+    proxy: CuttableProxy,
+    browser: BrowserContext,
+    keypair: KeyPair,
+    s3: Any,
+    tmp_path: Path,
+) -> None:
+    require_tus(service)
+    token = keypair.token("browser-user")
+    audio = make_audio("wav", tmp_path / "interview.wav", seconds=30)  # ~2.6 MB
+    size = audio.stat().st_size
+    page, problems = await open_page(browser, proxy.url, fragment=f"#token={token}")
+    # Chromium's own throttling (DevTools protocol) slows the upload to ~1 MB/s, so there
+    # is time to press Pause mid-way.
+    devtools = await browser.new_cdp_session(page)
+    await devtools.send("Network.enable")
+    await devtools.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 1_000_000},
+    )
+
+    await start_upload(page, audio)
+    deadline = time.monotonic() + UPLOAD_TIMEOUT_MS / 1000
+    while await uploaded_bytes(page) < size // 10 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    toggle = page.locator('[data-cy="togglePauseResume"]')
+    await toggle.click()
+
+    await expect(toggle).to_have_attribute("title", "Resume")
+    await expect(page.locator(".uppy-StatusBar")).to_contain_text("Paused")
+    paused_at = await uploaded_bytes(page)
+    assert 0 < paused_at < size
+    patches_before_resume = proxy.seen[b"PATCH /files/"]
+
+    await devtools.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1},
+    )
+    await toggle.click()
+    upload_id, _url = await upload_through_page(page, audio, started=True)
+
+    stored = await stored_object(service.url, token, upload_id, s3)
+    assert stored["object_sha256"] == hashlib.sha256(audio.read_bytes()).hexdigest()
+    # Resuming asked for the offset and sent the rest in a new PATCH, not the whole file.
+    assert proxy.seen[b"HEAD /files/"] >= 1
+    assert proxy.seen[b"PATCH /files/"] > patches_before_resume
+    assert proxy.upstream_bytes < size * 1.25, (proxy.upstream_bytes, size)
+    assert problems == []
