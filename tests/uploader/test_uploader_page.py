@@ -221,6 +221,13 @@ async def test_an_upload_cut_off_mid_way_is_resumed_by_uppy(
     assert not proxy.online, "the upload finished before the proxy cut it off"
     cut_at = proxy.upstream_bytes
     proxy.cut_after_upstream_bytes = None
+    # The network stays down until two connections were refused: Chromium's own silent
+    # retry of the request, then Uppy's first retry. Restored at once, Chromium's retry
+    # would re-send the whole PATCH from offset 0 (and get 409), which is the browser's
+    # doing, not Uppy's resume.
+    refused_before = proxy.connections
+    while proxy.connections < refused_before + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     proxy.restore()
 
     upload_id, _url = await upload
