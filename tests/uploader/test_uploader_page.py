@@ -19,7 +19,7 @@ from playwright.async_api import BrowserContext, ConsoleMessage, Page, expect
 
 from app.dev.keys import KeyPair
 from app.settings import Settings
-from tests.audio_factory import make_audio
+from tests.audio_factory import make_audio, make_png
 from tests.service_process import ServiceProcess, settings_env
 from tests.tcp_proxy import CuttableProxy
 from tests.uploader.browser import headless_chromium
@@ -291,3 +291,27 @@ async def test_an_upload_paused_on_the_page_resumes_where_it_stopped(
     assert proxy.seen[b"PATCH /files/"] > patches_before_resume
     assert proxy.upstream_bytes < size * 1.25, (proxy.upstream_bytes, size)
     assert problems == []
+
+
+async def test_a_file_that_is_not_audio_is_refused_with_the_services_message(
+    service: ServiceProcess,
+    browser: BrowserContext,
+    keypair: KeyPair,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    require_tus(service)
+    token = keypair.token("browser-user")
+    image = tmp_path / "cover.mp3"
+    image.write_bytes(make_png(tmp_path / "cover.png").read_bytes())
+    page, _problems = await open_page(browser, service.url, fragment=f"#token={token}")
+
+    await start_upload(page, image)
+
+    # The final PATCH gets the core's 415; the page shows the service's own sentence.
+    await expect(page.locator("#notice")).to_contain_text(
+        "unsupported_audio, HTTP 415", timeout=UPLOAD_TIMEOUT_MS
+    )
+    await expect(page.locator("#results li")).to_have_count(0)
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
