@@ -37,6 +37,7 @@ from app.metrics import Metrics
 from app.settings import Settings, load_settings
 from app.tus.edge import TusEdgeMiddleware
 from app.tus.routes import build_router as build_tus_router
+from app.uploader.page import build_router as build_uploader_router
 
 log = structlog.get_logger(__name__)
 
@@ -73,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(uploads.router)
     app.include_router(health.router)
     app.include_router(build_tus_router(settings.tus_base_path))
+    if settings.uploader_page:
+        app.include_router(build_uploader_router(settings))
     app.state.metrics = metrics
 
     app.add_middleware(TusEdgeMiddleware, base_path=settings.tus_base_path)

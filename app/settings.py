@@ -253,6 +253,12 @@ class Settings(BaseSettings):
         default=2, ge=0, description="how long one /readyz verdict is served"
     )
 
+    # --- browser uploader page (issue 14) -------------------------------------------
+    uploader_page: bool = Field(
+        default=False,
+        description="Serve the Uppy uploader page at /uploader (./scripts/dev turns it on).",
+    )
+
     @field_validator("jwt_algorithm")
     @classmethod
     def _asymmetric_only(cls, value: str) -> str:

@@ -117,6 +117,7 @@ def main() -> None:
             f"""
 Audio upload service (development)
   API:            {base_url}   (docs: {base_url}/docs)
+  Uploader page:  {base_url}/uploader#token={token_path.read_text()}
   S3 (moto):      {s3.endpoint_url}  bucket {DEV_BUCKET}  (in memory: gone when this stops)
   Database:       {settings.resolved_database_url}
   Webhooks:       {receiver.url}  (main-service stand-in: prints each verified event)
