@@ -51,7 +51,7 @@ class Container:
 
     def __post_init__(self) -> None:
         self.resumable_records = SqlResumableRecords(self.engine)
-        self.upload_locks = SqlUploadLocks(self.engine)
+        self.upload_locks = SqlUploadLocks(SqlLeaseStore(self.engine))
 
     async def close(self) -> None:
         await self.stack.aclose()

@@ -41,7 +41,12 @@ class SqlLeaseStore:
                 taken = await conn.execute(
                     update(session_leases)
                     .where(key, L.expires_at <= now)
-                    .values(holder=holder, generation=L.generation + 1, expires_at=expires_at)
+                    .values(
+                        holder=holder,
+                        generation=L.generation + 1,
+                        expires_at=expires_at,
+                        release_requested=False,
+                    )
                 )
                 if taken.rowcount == 1:
                     return await _read(conn, session_id, name)
@@ -76,6 +81,20 @@ class SqlLeaseStore:
             await conn.execute(
                 update(session_leases).where(held_by(lease)).values(expires_at=_LAPSED)
             )
+
+    async def request_release(self, session_id: str, name: str, *, now: datetime) -> None:
+        """Flag a running lease as wanted by someone else; its holder reads the flag with
+        `release_requested` and may let go early. A lapsed lease needs no flag."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(session_leases)
+                .where(L.session_id == session_id, L.name == name, L.expires_at > now)
+                .values(release_requested=True)
+            )
+
+    async def release_requested(self, lease: Lease) -> bool:
+        async with self.engine.connect() as conn:
+            return bool(await conn.scalar(select(L.release_requested).where(held_by(lease))))
 
     async def current(self, session_id: str, name: str) -> Lease | None:
         async with self.engine.connect() as conn:

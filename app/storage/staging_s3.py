@@ -108,6 +108,23 @@ class S3Staging:
         await self.local.remove_temp(staged)
         return file_name
 
+    async def move_chunk(
+        self, from_session_id: str, file_name: str, to_session_id: str, index: int
+    ) -> str:
+        # S3 has no rename: a server-side copy (chunks are far below its 5 GB copy limit),
+        # then the source goes. A crash between the two leaves a staged object of the
+        # source session, which the janitor removes with it.
+        new_name = f"{index:06d}.{uuid.uuid4().hex}.chunk"
+        source_key = self.chunk_key(from_session_id, file_name)
+        await self.objects.call(
+            "copy_object",
+            Bucket=self.bucket,
+            Key=self.chunk_key(to_session_id, new_name),
+            CopySource={"Bucket": self.bucket, "Key": source_key},
+        )
+        await self.objects.call("delete_object", Bucket=self.bucket, Key=source_key)
+        return new_name
+
     async def remove_chunk(self, session_id: str, file_name: str) -> None:
         await self.objects.call(
             "delete_object", Bucket=self.bucket, Key=self.chunk_key(session_id, file_name)

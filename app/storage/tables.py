@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -121,6 +122,9 @@ session_leases = Table(
     Column("holder", String(64), nullable=False),
     Column("generation", BigInteger, nullable=False),
     Column("expires_at", UtcDateTime, nullable=False),
+    # Set by a request that waits for the lease (the tus/IETF `append` lease): the holder
+    # sees it when it renews and finishes early; cleared when the lease changes hands.
+    Column("release_requested", Boolean, nullable=False, server_default=false()),
 )
 
 # --- the resumable front doors (issue 14): tus 1.0 and IETF resumable uploads ----------
@@ -141,18 +145,3 @@ resumable_uploads = Table(
     Column("concat", String(16)),  # "partial" | "final" | NULL
 )
 
-# One writer per upload across replicas: a lease that lapses unless renewed.
-upload_locks = Table(
-    "upload_locks",
-    metadata,
-    Column(
-        "session_id",
-        String(36),
-        ForeignKey("upload_sessions.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("holder", String(36), nullable=False),
-    Column("generation", BigInteger, nullable=False),
-    Column("expires_at", UtcDateTime, nullable=False),
-    Column("release_requested", Boolean, nullable=False),
-)

@@ -150,7 +150,8 @@ class ChunkStaging(Protocol):
     async def move_chunk(
         self, from_session_id: str, file_name: str, to_session_id: str, index: int
     ) -> str:
-        """Atomically move a staged chunk into another session as `index` (no copy);
+        """Move a staged chunk into another session as `index` (a rename, or a server-side
+        copy, never through this process);
         returns its new file name."""
         ...
 
@@ -255,16 +256,6 @@ class CompletionNotifier(Protocol):
 # --- one writer per upload (the resumable front doors) ----------------------------------
 
 
-@dataclass(frozen=True)
-class Lease:
-    """The right to write to one upload. `holder` is unique per acquisition; `generation`
-    grows by one with each, so a writer whose lease lapsed can tell it was replaced."""
-
-    session_id: str
-    holder: str
-    generation: int
-
-
 class LeaseState(Enum):
     HELD = "held"
     RELEASE_REQUESTED = "release_requested"  # another request is waiting: finish up
@@ -272,7 +263,9 @@ class LeaseState(Enum):
 
 
 class UploadLocks(Protocol):
-    """At most one request appends to an upload at a time, across processes and replicas.
+    """At most one request appends to an upload at a time, across processes and replicas:
+    the session's `append` lease in the same `LeaseStore` rows as eager flush and
+    completion use, plus a flag by which a waiting request asks the holder to let go.
 
     A lease lapses `ttl_seconds` after its last renewal, so a dead holder (a killed
     process) blocks others for seconds; a live holder renews it while its request runs

@@ -2,7 +2,7 @@
 per-upload writer lease.
 
 Revision ID: 0006_tus
-Revises: 0004_eager_upload
+Revises: 0005_replicas
 Create Date: 2026-12-07
 """
 
@@ -10,8 +10,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
-from app.storage.tables import UtcDateTime
 
 revision: str = "0006_tus"
 down_revision: str | None = "0005_replicas"
@@ -32,21 +30,14 @@ def upgrade() -> None:
         sa.Column("metadata", sa.String(4096)),
         sa.Column("concat", sa.String(16)),
     )
-    op.create_table(
-        "upload_locks",
-        sa.Column(
-            "session_id",
-            sa.String(36),
-            sa.ForeignKey("upload_sessions.id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
-        sa.Column("holder", sa.String(36), nullable=False),
-        sa.Column("generation", sa.BigInteger, nullable=False),
-        sa.Column("expires_at", UtcDateTime, nullable=False),
-        sa.Column("release_requested", sa.Boolean, nullable=False),
+    # The writer lease of an appending request is the session's `append` lease in
+    # `session_leases` (0005); a waiting request flags that it wants it.
+    op.add_column(
+        "session_leases",
+        sa.Column("release_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("upload_locks")
+    op.drop_column("session_leases", "release_requested")
     op.drop_table("resumable_uploads")
