@@ -247,10 +247,16 @@ async def test_a_cut_patch_keeps_its_bytes_and_the_resume_sends_only_the_rest(
     resume_proxy = await CuttableProxy("127.0.0.1", tus_service.process.port).start()
     try:
         client = tus_client.TusClient(f"{resume_proxy.url}/files/", headers=tus_service.auth())
-        uploader = client.uploader(
-            str(recording), url=f"{resume_proxy.url}/files/{path}", chunk_size=len(data)
-        )
-        await asyncio.to_thread(uploader.upload)
+
+        def resume() -> None:
+            # In a thread: making the uploader already asks (HEAD) through the proxy,
+            # which runs on this event loop.
+            uploader = client.uploader(
+                str(recording), url=f"{resume_proxy.url}/files/{path}", chunk_size=len(data)
+            )
+            uploader.upload()
+
+        await asyncio.to_thread(resume)
         sent = resume_proxy.upstream_bytes
     finally:
         await resume_proxy.stop()
