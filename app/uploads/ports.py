@@ -117,6 +117,10 @@ class SessionStore(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def chunk_totals(self, session_id: str) -> tuple[int, int]:
+        """(number of chunks, their bytes): an append's offset without listing them."""
+        ...
+
     async def set_total_size(self, session_id: str, total_size: int) -> bool:
         """Fix a size that was left open at creation (a deferred length); False if the
         session has a size already."""

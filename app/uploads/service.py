@@ -337,14 +337,12 @@ class UploadService:
         this writer may no longer write (its upload lease was lost). The caller ensures a
         single writer per upload."""
         session = await self.check_can_receive(principal, session_id)
-        chunks = await self.store.list_chunks(session_id)
-        held = sum(chunk.size_bytes for chunk in chunks)
+        index, held = await self.store.chunk_totals(session_id)
         if offset != held:
             raise OffsetMismatch(details={"offset": held})
         limit = session.total_size if session.total_size is not None else self.policy.max_file_size
         room = limit - held
         piece_bytes = min(self.policy.part_size_bytes, self.policy.max_chunk_size)
-        index = len(chunks)
         digest = hashlib.new(checksum.algorithm) if checksum is not None else None
         held_back: list[StagedFile] = []
         writer: ChunkWriter | None = None

@@ -247,10 +247,16 @@ async def test_a_cut_patch_keeps_its_bytes_and_the_resume_sends_only_the_rest(
     resume_proxy = await CuttableProxy("127.0.0.1", tus_service.process.port).start()
     try:
         client = tus_client.TusClient(f"{resume_proxy.url}/files/", headers=tus_service.auth())
-        uploader = client.uploader(
-            str(recording), url=f"{resume_proxy.url}/files/{path}", chunk_size=len(data)
-        )
-        await asyncio.to_thread(uploader.upload)
+
+        def resume() -> None:
+            # In a thread: making the uploader already asks (HEAD) through the proxy,
+            # which runs on this event loop.
+            uploader = client.uploader(
+                str(recording), url=f"{resume_proxy.url}/files/{path}", chunk_size=len(data)
+            )
+            uploader.upload()
+
+        await asyncio.to_thread(resume)
         sent = resume_proxy.upstream_bytes
     finally:
         await resume_proxy.stop()
@@ -260,3 +266,68 @@ async def test_a_cut_patch_keeps_its_bytes_and_the_resume_sends_only_the_rest(
     assert (
         hashlib.sha256(tus_service.stored(result["key"])).digest() == hashlib.sha256(data).digest()
     )
+
+
+async def test_a_new_patch_takes_over_from_a_stalled_one_within_seconds(
+    tus_service: TusService, recording: Path
+) -> None:
+    """The first PATCH's client went silent with its connection open (a phone that lost
+    its network): the next PATCH asks for the upload, the stalled request stops and keeps
+    what it got, and the client goes on from there, long before the idle timeout."""
+    data = recording.read_bytes()
+    headers = {**TUS, **tus_service.auth()}
+    created = httpx.post(
+        tus_service.endpoint,
+        headers={
+            **headers,
+            "Upload-Length": str(len(data)),
+            "Upload-Metadata": _metadata(filename="interview.wav", main_service_file_id="9"),
+        },
+    )
+    url = created.headers["Location"]
+    _, _, port_and_path = url.partition("://127.0.0.1:")
+    _reader, writer = await asyncio.open_connection("127.0.0.1", tus_service.process.port)
+    path = "/" + port_and_path.split("/", 1)[1]
+    head_lines = [
+        f"PATCH {path} HTTP/1.1",
+        f"Host: 127.0.0.1:{tus_service.process.port}",
+        "Tus-Resumable: 1.0.0",
+        f"Authorization: {headers['Authorization']}",
+        "Content-Type: application/offset+octet-stream",
+        "Upload-Offset: 0",
+        f"Content-Length: {len(data)}",
+    ]
+    stalled_bytes = 1 * MiB
+    writer.write(("\r\n".join(head_lines) + "\r\n\r\n").encode() + data[:stalled_bytes])
+    await writer.drain()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with httpx.AsyncClient(headers=headers, timeout=60) as http:
+            offset = -1
+            # As a tus client does: HEAD, PATCH from there; 409/423 mean HEAD again.
+            while loop.time() - started < 30:
+                offset = int((await http.head(url)).headers["Upload-Offset"])
+                patched = await http.patch(
+                    url,
+                    content=data[offset:],
+                    headers={
+                        "Content-Type": "application/offset+octet-stream",
+                        "Upload-Offset": str(offset),
+                    },
+                )
+                if patched.status_code == 204:
+                    break
+                assert patched.status_code in (409, 423), patched.text
+            assert patched.status_code == 204
+    finally:
+        writer.close()
+    # Far below CHUNK_IDLE_TIMEOUT_SECONDS (60): the lease was handed over on request.
+    assert loop.time() - started < 20
+    assert offset == stalled_bytes  # the stalled request's bytes were kept and used
+    session_id = url.rsplit("/", 1)[-1]
+    status = httpx.get(f"{tus_service.url}/upload/{session_id}", headers=tus_service.auth())
+    result = status.json()["data"]["result"]
+    assert hashlib.sha256(tus_service.stored(result["key"])).digest() == hashlib.sha256(
+        data
+    ).digest()
