@@ -1,7 +1,12 @@
 """The /uploader page in headless Chromium against the real service (a uvicorn process)
 and a real S3 server: the page loads, the Dashboard renders, a real audio file chosen
 through the Dashboard's file input is listed and, through the tus endpoint, stored with
-the same SHA-256; a connection cut mid-upload is resumed by Uppy."""
+the same SHA-256; a connection cut mid-upload (a proxy) is resumed by Uppy, as is an
+upload paused on the Dashboard; a file that is not audio gets the service's refusal.
+
+Chromium's network is the loopback only; the proxy (tests/tcp_proxy.py) stands for the
+phone's network, and Chromium's own throttling (DevTools protocol) slows an upload down
+where a test must act mid-way."""
 
 from __future__ import annotations
 
@@ -44,7 +49,7 @@ def service(settings_factory: Callable[..., Settings], tmp_path: Path) -> Iterat
 
 
 @pytest.fixture
-async def browser(tmp_path: Path) -> Any:
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
     async with headless_chromium(tmp_path / "chromium-profile") as context:
         yield context
 
