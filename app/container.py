@@ -17,6 +17,7 @@ from app.notify.wiring import build_notifier
 from app.settings import Settings
 from app.storage.database import create_engine, migrate
 from app.storage.parts_store import SqlPartStore
+from app.storage.resumable import SqlResumableRecords, SqlUploadLocks
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
@@ -39,6 +40,13 @@ class Container:
     # --- main-service notification (None when MAIN_SERVICE_NOTIFY_URL is unset)
     outbox: SqlOutbox | None = None
     notifier: OutboxNotifier | None = None
+    # --- the resumable front doors (tus, IETF): protocol records, one writer per upload
+    resumable_records: SqlResumableRecords = field(init=False)
+    upload_locks: SqlUploadLocks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.resumable_records = SqlResumableRecords(self.engine)
+        self.upload_locks = SqlUploadLocks(self.engine)
 
     async def close(self) -> None:
         await self.stack.aclose()

@@ -19,9 +19,45 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from app.metrics import Metrics, ObservedRequestsMiddleware
 from app.settings import Settings
 
-CORS_METHODS = ("GET", "POST", "DELETE")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
-CORS_EXPOSED_HEADERS = ("X-Request-ID", "WWW-Authenticate")
+CORS_METHODS = ("GET", "POST", "DELETE", "HEAD", "PATCH")
+# The tus and IETF resumable-upload headers (app.tus, app.ietf) come after ours.
+CORS_REQUEST_HEADERS = (
+    "Authorization",
+    "Content-Type",
+    "X-Request-ID",
+    "Tus-Resumable",
+    "Upload-Length",
+    "Upload-Offset",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Checksum",
+    "X-HTTP-Method-Override",
+    "X-Requested-With",
+    "Upload-Complete",
+    "Upload-Draft-Interop-Version",
+    "Content-Disposition",
+)
+CORS_EXPOSED_HEADERS = (
+    "X-Request-ID",
+    "WWW-Authenticate",
+    "Location",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Expires",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+    "Upload-Complete",
+    "Upload-Limit",
+    "Upload-Draft-Interop-Version",
+    "X-Upload-State",
+)
 CORS_MAX_AGE_SECONDS = 600
 
 

@@ -27,6 +27,8 @@ from app.janitor import JanitorLoop
 from app.logging import configure_logging
 from app.metrics import Metrics
 from app.settings import Settings, load_settings
+from app.tus.edge import TusEdgeMiddleware
+from app.tus.routes import build_router as build_tus_router
 from app.uploader.page import build_router as build_uploader_router
 
 log = structlog.get_logger(__name__)
@@ -62,14 +64,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(uploads.router)
     app.include_router(health.router)
+    app.include_router(build_tus_router(settings.tus_base_path))
     if settings.uploader_page:
         app.include_router(build_uploader_router(settings))
     app.state.metrics = metrics
 
+    app.add_middleware(TusEdgeMiddleware, base_path=settings.tus_base_path)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_json_body_bytes,
         streamed_paths=frozenset({"/upload/chunk"}),
+        # tus and IETF appends stream into staging and enforce the upload's length there.
+        streamed_prefixes=(settings.tus_base_path.rstrip("/"),),
     )
     install_http_edge(app, settings, metrics)
     app.add_middleware(RequestIdMiddleware)

@@ -167,6 +167,20 @@ class Settings(BaseSettings):
         "the object carries the full metadata.",
     )
 
+    # --- resumable front doors (issue 14): tus 1.0 and IETF resumable uploads ---------
+    tus_base_path: str = Field(
+        default="/files/",
+        description="Path of the tus endpoint (the IETF draft's too): POST creates, "
+        "uploads live at <path><upload_session_id>.",
+    )
+    upload_lease_seconds: float = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="Lease of the one request allowed to append to an upload; renewed "
+        "while it runs, so a killed process blocks its uploads for at most this long.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- HTTP edge and observability ------------------------------------------------
@@ -238,6 +252,14 @@ class Settings(BaseSettings):
             origins = [str(part).strip().rstrip("/") for part in value]
             return tuple(origin for origin in origins if origin)
         return value
+
+    @field_validator("tus_base_path")
+    @classmethod
+    def _normalise_tus_path(cls, value: str) -> str:
+        path = "/" + value.strip().strip("/")
+        if path == "/" or path == "/upload" or path.startswith("/upload/"):
+            raise ValueError("must be a path of its own, such as /files/")
+        return path + "/"
 
     @field_validator("s3_key_prefix")
     @classmethod

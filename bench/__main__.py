@@ -43,7 +43,9 @@ from bench.servers import (
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PHASES = ("ingest", "complete", "rss")
+PHASES = ("ingest", "complete", "rss", "tus")
+# tus uploads need a name and a file id at our service; tus-node gets the same header.
+TUS_METADATA = "filename YmVuY2gud2F2,main_service_file_id Nw=="  # bench.wav, 7
 REQUEST_PATH_APP = "bench.request_path_app:app"
 
 
@@ -157,18 +159,29 @@ async def ingest_bare(port: int, total_bytes: int, chunk_bytes: int, clients: in
     return mb_per_s(per_client * clients * chunk_bytes, elapsed)
 
 
-async def ingest_tus(port: int, total_bytes: int, chunk_bytes: int, clients: int) -> float:
-    """One tus upload per client; its chunks are PATCHes in order (tus' own rule)."""
+async def ingest_tus(
+    port: int,
+    total_bytes: int,
+    chunk_bytes: int,
+    clients: int,
+    *,
+    headers: dict[str, str] | None = None,
+    leave_open: bool = False,
+) -> float:
+    """One tus upload per client; its chunks are PATCHes in order (tus' own rule).
+    `chunk_bytes` 0: one PATCH for the client's whole share (tus-js-client's default).
+    `leave_open`: declare one byte more than is sent, so neither server completes the
+    upload (this is ingest; completion is measured apart), and delete it afterwards."""
+    tus = {"Tus-Resumable": "1.0.0", **(headers or {})}
+    if chunk_bytes == 0:
+        chunk_bytes = total_bytes // clients
     payload = memoryview(bytes(chunk_bytes))
     per_client = total_bytes // clients // chunk_bytes
+    upload_length = per_client * chunk_bytes + (1 if leave_open else 0)
     conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
     locations = []
     for conn in conns:
-        created = await conn.request(
-            "POST",
-            "/files",
-            {"Tus-Resumable": "1.0.0", "Upload-Length": str(per_client * chunk_bytes)},
-        )
+        created = await conn.request("POST", "/files", {**tus, "Upload-Length": str(upload_length)})
         assert created.status == 201, created.body
         location = created.headers["location"]
         locations.append("/" + location.split("/", 3)[-1] if "://" in location else location)
@@ -179,7 +192,7 @@ async def ingest_tus(port: int, total_bytes: int, chunk_bytes: int, clients: int
                 "PATCH",
                 path,
                 {
-                    "Tus-Resumable": "1.0.0",
+                    **tus,
                     "Upload-Offset": str(index * chunk_bytes),
                     "Content-Type": "application/offset+octet-stream",
                 },
@@ -190,7 +203,10 @@ async def ingest_tus(port: int, total_bytes: int, chunk_bytes: int, clients: int
     started = time.perf_counter()
     await asyncio.gather(*(run(c, p) for c, p in zip(conns, locations, strict=True)))
     elapsed = time.perf_counter() - started
-    for conn in conns:
+    for conn, path in zip(conns, locations, strict=True):
+        if leave_open:
+            deleted = await conn.request("DELETE", path, tus)
+            assert deleted.status == 204, deleted.body
         await conn.close()
     return mb_per_s(per_client * clients * chunk_bytes, elapsed)
 
@@ -383,6 +399,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "runs": runs,
         "ingest_bytes": ingest_bytes,
+        "tus_bytes": args.tus_mib * MiB,
         "malloc_env": TUNED_MALLOC,
         "ingest": [],
     }
@@ -445,6 +462,60 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 )
         for process in (service, path_only, bare, tus):
             process.stop()
+
+        # ---- tus ingest: our tus endpoint (auth, database, SHA-256) vs tus-node's file
+        # store, the same raw-socket tus client, PATCHes of 1 MiB, 8 MiB, the whole file
+        results["tus"] = []
+        if "tus" in args.phases:
+            service = start_upload_service(
+                UploadServiceConfig(keypair, s3, bucket, work_dir, eager_flush=args.ingest_eager)
+            )
+            tus_files = work_dir / "tus-files-2"
+            tus = start_tus(tus_dir, tus_files)
+            processes += [service, tus]
+            ours = {"Authorization": f"Bearer {token}", "Upload-Metadata": TUS_METADATA}
+            for patch_mib in args.tus_patch_mib:
+                for clients in args.tus_clients:
+                    pair = (
+                        ("service", service, ours),
+                        ("tus", tus, {"Upload-Metadata": TUS_METADATA}),
+                    )
+                    figures = {name: [] for name, _, _ in pair}
+                    cpu = {name: [] for name, _, _ in pair}
+                    for _ in range(runs):
+                        for name, process, headers in pair:
+                            cpu_before = process.cpu_seconds()
+                            figures[name].append(
+                                await ingest_tus(
+                                    process.port,
+                                    args.tus_mib * MiB,
+                                    patch_mib * MiB,
+                                    clients,
+                                    headers=headers,
+                                    leave_open=True,
+                                )
+                            )
+                            cpu[name].append(
+                                (process.cpu_seconds() - cpu_before) / (args.tus_mib * MiB / GiB)
+                            )
+                        clean_dir(tus_files)
+                    row = {
+                        "patch_mib": patch_mib,
+                        "clients": clients,
+                        **{f"{k}_mb_s": median(v) for k, v in figures.items()},
+                        **{f"{k}_cpu_s_per_gib": median(v) for k, v in cpu.items()},
+                        "samples": figures,
+                    }
+                    row["service_over_tus"] = row["service_mb_s"] / row["tus_mb_s"]
+                    results["tus"].append(row)
+                    size = f"{patch_mib} MiB" if patch_mib else "whole file"
+                    print(
+                        f"tus PATCH {size} x {clients}: service {row['service_mb_s']:.0f} MB/s,"
+                        f" tus-node {row['tus_mb_s']:.0f} (x{row['service_over_tus']:.2f})",
+                        flush=True,
+                    )
+            service.stop()
+            tus.stop()
 
         # ---- complete latency and end-to-end, eager flush on and off, beside PutObject
         results["complete"] = []
@@ -565,6 +636,21 @@ def markdown(results: dict[str, Any]) -> str:
             f" | {row['service_cpu_s_per_gib']:.2f} / {_figure(row, 'path_cpu_s_per_gib', '.2f')}"
             f" / {row['bare_cpu_s_per_gib']:.2f} / {row['tus_cpu_s_per_gib']:.2f} |"
         )
+    if results.get("tus"):
+        lines += [
+            "",
+            f"| tus ingest, {results.get('tus_bytes', 0) // MiB} MiB per figure, PATCH size x"
+            " clients | our tus endpoint MB/s | tus-node (file store) MB/s | ours ÷ tus-node"
+            " | CPU-s per GiB: ours / tus-node |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row in results["tus"]:
+            size = f"{row['patch_mib']} MiB" if row["patch_mib"] else "whole file"
+            lines.append(
+                f"| {size} x {row['clients']} | {row['service_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
+                f" | {row['service_over_tus']:.2f}"
+                f" | {row['service_cpu_s_per_gib']:.2f} / {row['tus_cpu_s_per_gib']:.2f} |"
+            )
     lines += [
         "",
         "| File | complete after last ack, eager | of it: moto's commit / the service's own"
@@ -622,6 +708,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--complete-clients", type=int, default=8)
     parser.add_argument("--rss-streams", type=int, default=32)
     parser.add_argument("--rss-rounds", type=int, default=4)
+    parser.add_argument("--tus-mib", type=int, default=512, help="bytes per tus figure")
+    parser.add_argument(
+        "--tus-patch-mib",
+        type=int,
+        nargs="+",
+        default=[1, 8, 0],
+        help="PATCH sizes of the tus comparison; 0: one PATCH for the whole file",
+    )
+    parser.add_argument("--tus-clients", type=int, nargs="+", default=[1, 4])
     parser.add_argument(
         "--ingest-eager",
         action="store_true",
@@ -639,6 +734,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.runs, args.ingest_mib, args.chunk_mib = 1, 64, [8]
         args.complete_mib, args.rss_rounds = [32], 1
+        args.tus_mib, args.tus_clients = 64, [1]
     return args
 
 

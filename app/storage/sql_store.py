@@ -56,6 +56,9 @@ _DELETE_CHUNK_AT = delete(upload_chunks).where(
     C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index")
 )
 _INSERT_CHUNK = insert(upload_chunks)
+_CHUNK_TOTALS = select(func.count(), func.coalesce(func.sum(C.size_bytes), 0)).where(
+    C.session_id == bindparam("session_id")
+)
 
 
 class SqlSessionStore:
@@ -359,6 +362,20 @@ class SqlSessionStore:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def chunk_totals(self, session_id: str) -> tuple[int, int]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_CHUNK_TOTALS, {"session_id": session_id})).first()
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
+    async def set_total_size(self, session_id: str, total_size: int) -> bool:
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(upload_sessions)
+                .where(S.id == session_id, S.total_size.is_(None))
+                .values(total_size=total_size)
+            )
+            return changed.rowcount == 1
 
 
 async def _get(conn: AsyncConnection, session_id: str) -> UploadSession | None:

@@ -284,6 +284,20 @@ class DiskStaging:
         await asyncio.to_thread(move)
         return file_name
 
+    async def move_chunk(
+        self, from_session_id: str, file_name: str, to_session_id: str, index: int
+    ) -> str:
+        new_name = f"{index:06d}.{uuid.uuid4().hex}.chunk"
+        source = self.session_dir(from_session_id) / Path(file_name).name
+        target_dir = self.session_dir(to_session_id)
+
+        def move() -> None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target_dir / new_name)
+
+        await asyncio.to_thread(move)
+        return new_name
+
     async def remove_chunk(self, session_id: str, file_name: str) -> None:
         path = self.session_dir(session_id) / Path(file_name).name
         await asyncio.to_thread(self._unlink_counted, path)

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -103,4 +104,38 @@ upload_parts = Table(
     Column("etag", String(255), nullable=False),
     Column("covers", JSON, nullable=False),
     Column("uploaded_at", UtcDateTime, nullable=False),
+)
+
+# --- the resumable front doors (issue 14): tus 1.0 and IETF resumable uploads ----------
+# What the protocol needs beyond the session: the tus `Upload-Metadata` header as sent
+# (echoed on HEAD), whether the upload is a tus partial or final concatenation, and the
+# protocol that created it (the webhook's `protocol`).
+resumable_uploads = Table(
+    "resumable_uploads",
+    metadata,
+    Column(
+        "session_id",
+        String(36),
+        ForeignKey("upload_sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("protocol", String(16), nullable=False),
+    Column("metadata", String(4096)),
+    Column("concat", String(16)),  # "partial" | "final" | NULL
+)
+
+# One writer per upload across replicas: a lease that lapses unless renewed.
+upload_locks = Table(
+    "upload_locks",
+    metadata,
+    Column(
+        "session_id",
+        String(36),
+        ForeignKey("upload_sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("holder", String(36), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    Column("release_requested", Boolean, nullable=False),
 )

@@ -92,6 +92,16 @@ class CompleteRequest:
     total_chunks: int
     main_service_file_id: int
     sha256: str | None = None
+    # The front door the file came through, for the webhook: "chunks", "tus", "ietf".
+    protocol: str = "chunks"
+
+
+@dataclass(frozen=True)
+class AppendChecksum:
+    """A checksum the client declared for the bytes of one append (tus Upload-Checksum)."""
+
+    algorithm: str  # a hashlib name: "sha1", "md5", "sha256"
+    expected: bytes
 
 
 @dataclass(frozen=True)

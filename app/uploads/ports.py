@@ -93,6 +93,15 @@ class SessionStore(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def chunk_totals(self, session_id: str) -> tuple[int, int]:
+        """(number of chunks, their bytes): an append's offset without listing them."""
+        ...
+
+    async def set_total_size(self, session_id: str, total_size: int) -> bool:
+        """Fix a size that was left open at creation (a deferred length); False if the
+        session has a size already."""
+        ...
+
 
 class ChunkWriter(Protocol):
     """Streams one chunk to a temp file, hashing as it goes."""
@@ -117,6 +126,13 @@ class ChunkStaging(Protocol):
         ...
 
     async def remove_chunk(self, session_id: str, file_name: str) -> None: ...
+
+    async def move_chunk(
+        self, from_session_id: str, file_name: str, to_session_id: str, index: int
+    ) -> str:
+        """Atomically move a staged chunk into another session as `index` (no copy);
+        returns its new file name."""
+        ...
 
     async def remove_temp(self, staged: StagedFile) -> None: ...
 
@@ -177,3 +193,60 @@ class CompletionNotifier(Protocol):
     async def session_event(self, session_id: str) -> str | None:
         """The id of the session's completion event, if one was written."""
         ...
+
+
+# --- one writer per upload (the resumable front doors) ----------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The right to write to one upload. `holder` is unique per acquisition; `generation`
+    grows by one with each, so a writer whose lease lapsed can tell it was replaced."""
+
+    session_id: str
+    holder: str
+    generation: int
+
+
+class LeaseState(Enum):
+    HELD = "held"
+    RELEASE_REQUESTED = "release_requested"  # another request is waiting: finish up
+    LOST = "lost"  # expired and taken (or released): write nothing more
+
+
+class UploadLocks(Protocol):
+    """At most one request appends to an upload at a time, across processes and replicas.
+
+    A lease lapses `ttl_seconds` after its last renewal, so a dead holder (a killed
+    process) blocks others for seconds; a live holder renews it while its request runs
+    and gives it up when another request asks for it (its client is presumably gone)."""
+
+    async def acquire(self, session_id: str, *, ttl_seconds: float) -> Lease | None:
+        """The lease if it is free or lapsed; None while another holder has it."""
+        ...
+
+    async def renew(self, lease: Lease, *, ttl_seconds: float) -> LeaseState: ...
+
+    async def request_release(self, session_id: str) -> None:
+        """Ask the current holder to finish early (it sees RELEASE_REQUESTED on renew)."""
+        ...
+
+    async def release(self, lease: Lease) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResumableRecord:
+    """What a resumable front door keeps beside the session: which protocol created it
+    ("tus", "ietf"), the tus `Upload-Metadata` header as sent (echoed on HEAD), and for
+    tus concatenation whether the upload is a "partial" or the "final" one."""
+
+    session_id: str
+    protocol: str
+    metadata: str | None = None
+    concat: str | None = None
+
+
+class ResumableRecords(Protocol):
+    async def create(self, record: ResumableRecord) -> None: ...
+
+    async def get(self, session_id: str) -> ResumableRecord | None: ...

@@ -14,10 +14,11 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import mimetypes
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
@@ -32,6 +33,7 @@ from app.errors import (
     FileIdMismatch,
     FileTooLarge,
     Forbidden,
+    OffsetMismatch,
     SessionExpired,
     SessionNotAcceptingChunks,
     SessionNotCompletable,
@@ -39,6 +41,8 @@ from app.errors import (
     SizeMismatch,
     TooManyOpenSessions,
     UnsupportedAudio,
+    UploadChecksumMismatch,
+    UploadLengthExceeded,
     ValidationFailed,
 )
 from app.uploads import audio
@@ -46,6 +50,7 @@ from app.uploads.assembly import hash_stream, upload_in_parts
 from app.uploads.audio import AudioFacts
 from app.uploads.eager import EagerFlusher, ObjectTarget, PartStore
 from app.uploads.models import (
+    AppendChecksum,
     CompleteRequest,
     CompletionOutcome,
     InitRequest,
@@ -219,6 +224,7 @@ class UploadService:
         chunk_sha256: str | None = None,
         *,
         checked: UploadSession | None = None,
+        flush_eagerly: bool = True,
     ) -> StoredChunk:
         """Make a fully written temp file chunk `index` of the session, replacing any
         earlier one. On any refusal the temp file is removed. `checked`: the session as
@@ -271,9 +277,175 @@ class UploadService:
             size_bytes=chunk.size_bytes,
             replaced=recorded.replaced is not None,
         )
-        if self.eager is not None:
+        if self.eager is not None and flush_eagerly:
             self.eager.poke(session_id, index=index, size_bytes=chunk.size_bytes)
         return chunk
+
+    # ------------------------------------------------- byte-stream appends (tus, IETF)
+    async def append(
+        self,
+        principal: Principal,
+        session_id: str,
+        *,
+        offset: int,
+        body: AsyncIterable[bytes],
+        checksum: AppendChecksum | None = None,
+        fence: Callable[[], Awaitable[None]] | None = None,
+        flush_eagerly: bool = True,
+    ) -> int:
+        """Append a byte stream at `offset` (which must be the bytes held now); returns
+        the new offset.
+
+        The stream is staged in pieces of `part_size_bytes`, each recorded as the next
+        chunk as soon as it is whole, so memory stays bounded and a long body that is cut
+        off keeps what arrived: when `body` simply ends early (the front door ends it on a
+        disconnect), the last partial piece is recorded too. With a `checksum`, nothing is
+        recorded until the whole body has matched it; on a mismatch every piece is
+        dropped and the offset is unchanged. `fence` runs before each record and raises if
+        this writer may no longer write (its upload lease was lost). The caller ensures a
+        single writer per upload."""
+        session = await self.check_can_receive(principal, session_id)
+        index, held = await self.store.chunk_totals(session_id)
+        if offset != held:
+            raise OffsetMismatch(details={"offset": held})
+        limit = session.total_size if session.total_size is not None else self.policy.max_file_size
+        room = limit - held
+        piece_bytes = min(self.policy.part_size_bytes, self.policy.max_chunk_size)
+        digest = hashlib.new(checksum.algorithm) if checksum is not None else None
+        held_back: list[StagedFile] = []
+        writer: ChunkWriter | None = None
+        appended = 0
+
+        async def record(staged: StagedFile) -> None:
+            nonlocal index
+            if fence is not None:
+                try:
+                    await fence()
+                except BaseException:
+                    await self.staging.remove_temp(staged)
+                    raise
+            await self.accept_chunk(
+                principal, session_id, index, staged, checked=session, flush_eagerly=flush_eagerly
+            )
+            index += 1
+
+        try:
+            async for data in body:
+                view = memoryview(data)
+                while view:
+                    if writer is None:
+                        writer = self.staging.new_writer(max_bytes=piece_bytes)
+                    piece = view[: piece_bytes - writer.size_bytes]
+                    view = view[len(piece) :]
+                    if appended + len(piece) > room:
+                        if session.total_size is None:
+                            raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
+                        raise UploadLengthExceeded(details={"length": session.total_size})
+                    if digest is not None:
+                        digest.update(piece)
+                    await writer.write(piece)
+                    appended += len(piece)
+                    if writer.size_bytes >= piece_bytes:
+                        staged, writer = await writer.finish(), None
+                        if digest is not None:
+                            held_back.append(staged)
+                        else:
+                            await record(staged)
+            if writer is not None:
+                staged, writer = await writer.finish(), None
+                if staged.size_bytes and digest is not None:
+                    held_back.append(staged)
+                elif staged.size_bytes:
+                    await record(staged)
+                else:
+                    await self.staging.remove_temp(staged)
+            if digest is not None and checksum is not None:
+                if digest.digest() != checksum.expected:
+                    raise UploadChecksumMismatch(details={"offset": held})
+                while held_back:
+                    await record(held_back.pop(0))
+        except BaseException:
+            if writer is not None:
+                await writer.discard()
+            for staged in held_back:
+                await self.staging.remove_temp(staged)
+            raise
+        return held + appended
+
+    async def declare_size(
+        self, principal: Principal, session_id: str, total_size: int
+    ) -> UploadSession:
+        """Fix the size of an upload created without one (tus creation-defer-length)."""
+        session = await self.check_can_receive(principal, session_id)
+        if total_size > self.policy.max_file_size:
+            raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
+        if session.total_size is not None:
+            if session.total_size != total_size:
+                raise ValidationFailed(
+                    "The upload's length is already set.", details={"length": session.total_size}
+                )
+            return session
+        held = sum(chunk.size_bytes for chunk in await self.store.list_chunks(session_id))
+        if total_size < held:
+            raise ValidationFailed(
+                "The length is less than the bytes already received.", details={"offset": held}
+            )
+        if not await self.store.set_total_size(session_id, total_size):
+            current = await self.store.get(session_id)
+            if current is None or current.total_size != total_size:
+                raise ValidationFailed("The upload's length is already set.")
+        return replace(session, total_size=total_size)
+
+    async def concatenate(
+        self, principal: Principal, target_id: str, source_ids: Sequence[str]
+    ) -> int:
+        """Move the staged bytes of finished uploads (tus partial uploads), in order, into
+        `target_id` as its chunks, without copying them; returns the bytes moved. Each
+        source is closed (state aborted) before its chunks move, so nothing can be
+        appended to it meanwhile; its records stay until the janitor purges them."""
+        target = await self.check_can_receive(principal, target_id)
+        index = len(await self.store.list_chunks(target_id))
+        sources: list[tuple[UploadSession, list[StoredChunk]]] = []
+        for source_id in source_ids:
+            source = await self.check_can_receive(principal, source_id)
+            chunks = sorted(await self.store.list_chunks(source_id), key=lambda c: c.index)
+            size = sum(chunk.size_bytes for chunk in chunks)
+            if source.total_size is None or size != source.total_size:
+                raise ValidationFailed(
+                    "A partial upload is not finished.", details={"upload": source_id}
+                )
+            sources.append((source, chunks))
+        total = sum(sum(c.size_bytes for c in chunks) for _, chunks in sources)
+        if total > self.policy.max_file_size:
+            raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
+        if target.total_size is None:
+            await self.store.set_total_size(target_id, total)
+        for source, chunks in sources:
+            closed = await self.store.set_state(
+                source.id,
+                now=self._clock(),
+                state=SessionState.ABORTED,
+                only_from=[SessionState.UPLOADING],
+            )
+            if not closed:
+                raise SessionNotAcceptingChunks(details={"upload": source.id})
+            for chunk in chunks:
+                name = await self.staging.move_chunk(source.id, chunk.file_name, target_id, index)
+                now = self._clock()
+                recorded = await self.store.record_chunk(
+                    target_id,
+                    replace(chunk, index=index, file_name=name),
+                    now=now,
+                    expires_at=self._expiry_from(now),
+                    max_session_bytes=self.policy.max_file_size,
+                )
+                if recorded.outcome is not ChunkRecordOutcome.RECORDED:
+                    await self.staging.remove_chunk(target_id, name)
+                    raise SessionNotAcceptingChunks(details={"upload": target_id})
+                index += 1
+            await self.staging.remove_session(source.id)
+        log.info("upload.concatenated", session_id=target_id, sources=len(sources), size=total)
+        return total
 
     # ------------------------------------------------------------------- complete
     async def complete(self, principal: Principal, request: CompleteRequest) -> CompletionOutcome:
@@ -336,7 +508,7 @@ class UploadService:
             self.eager.forget(session.id)
         finished_at = self._clock()
         event = (
-            self._completed_event(session, result, finished_at)
+            self._completed_event(session, result, finished_at, request.protocol)
             if self._notifier is not None
             else None
         )
@@ -363,7 +535,7 @@ class UploadService:
 
     @staticmethod
     def _completed_event(
-        session: UploadSession, result: dict[str, Any], now: datetime
+        session: UploadSession, result: dict[str, Any], now: datetime, protocol: str = "chunks"
     ) -> OutboxEvent:
         """The `upload.completed` event: the contract's fields, then any audio facts
         (duration_seconds, codec, ...) the completion found."""
@@ -382,6 +554,7 @@ class UploadService:
             "size": result["size"],
             "sha256": result["sha256"],
             "content_type": result["content_type"],
+            "protocol": protocol,
         }
         for name, value in result.items():
             if name != "file_path_on_upload_service" and name not in payload:

@@ -76,6 +76,7 @@ async def test_completion_is_delivered_inline_with_every_field_and_a_valid_signa
         assert payload["upload_session_id"]
         assert payload["main_service_file_id"] == 9
         assert payload["user_id"] == "user-77"
+        assert payload["protocol"] == "chunks"
         assert payload["original_file_name"] == "memo.wav"
         assert payload["bucket"] == data["bucket"]
         assert payload["key"] == data["key"]

@@ -126,13 +126,6 @@ async def test_the_page_is_served_with_a_same_origin_policy(service: ServiceProc
     assert other.status_code == 404
 
 
-def require_tus(service: ServiceProcess) -> None:
-    # Until the tus front door is merged into this branch the end-to-end tests cannot run.
-    answer = httpx.options(f"{service.url}/files/", timeout=10)
-    if "tus-resumable" not in answer.headers:
-        pytest.skip("no tus endpoint at /files/ in this build")
-
-
 @pytest.fixture
 async def proxy(service: ServiceProcess) -> AsyncIterator[CuttableProxy]:
     front = await CuttableProxy(
@@ -183,7 +176,6 @@ async def stored_object(service_url: str, token: str, upload_id: str, s3: Any) -
 async def test_a_file_chosen_on_the_page_reaches_s3_with_the_same_sha256(
     service: ServiceProcess, browser: BrowserContext, keypair: KeyPair, s3: Any, tmp_path: Path
 ) -> None:
-    require_tus(service)
     token = keypair.token("browser-user")
     audio = make_audio("wav", tmp_path / "voice note.wav", seconds=3)
     page, problems = await open_page(browser, service.url, fragment=f"#token={token}&file_id=42")
@@ -210,7 +202,6 @@ async def test_an_upload_cut_off_mid_way_is_resumed_by_uppy(
     s3: Any,
     tmp_path: Path,
 ) -> None:
-    require_tus(service)
     token = keypair.token("browser-user")
     audio = make_audio("wav", tmp_path / "long.wav", seconds=40, channels=2)  # ~7 MB
     size = audio.stat().st_size
@@ -255,7 +246,6 @@ async def test_an_upload_paused_on_the_page_resumes_where_it_stopped(
     s3: Any,
     tmp_path: Path,
 ) -> None:
-    require_tus(service)
     token = keypair.token("browser-user")
     audio = make_audio("wav", tmp_path / "interview.wav", seconds=30)  # ~2.6 MB
     size = audio.stat().st_size
@@ -306,7 +296,6 @@ async def test_a_file_that_is_not_audio_is_refused_with_the_services_message(
     bucket: str,
     tmp_path: Path,
 ) -> None:
-    require_tus(service)
     token = keypair.token("browser-user")
     image = tmp_path / "cover.mp3"
     image.write_bytes(make_png(tmp_path / "cover.png").read_bytes())
