@@ -22,7 +22,6 @@ BUNDLE_FILES = {
     "uploader.js.map": "application/json",
     "uploader.css.map": "application/json",
 }
-DEFAULT_TUS_BASE_PATH = "/files/"
 
 # Same origin only: the page talks to this service and nothing else. Uppy sets inline
 # style attributes (progress bars), hence 'unsafe-inline' for styles, not for scripts;
@@ -50,7 +49,7 @@ PAGE_HEADERS = {
 def page_config(settings: Settings) -> dict[str, Any]:
     """What the script needs to know, rendered into the page."""
     return {
-        "tus_endpoint": getattr(settings, "tus_base_path", DEFAULT_TUS_BASE_PATH),
+        "tus_endpoint": settings.tus_base_path,
         "status_path": "/upload/",
         "allowed_extensions": sorted(settings.allowed_audio_extensions),
         "max_file_size": settings.max_file_size,

@@ -39,7 +39,10 @@ async def test_the_page_carries_the_settings_its_script_needs(
     (bundle / "uploader.css").write_text("")
     monkeypatch.setattr(uploader_page, "BUNDLE_DIR", bundle)
     settings = settings_factory(
-        uploader_page=True, allowed_audio_extensions="wav,mp3", max_file_size=123_456_789
+        uploader_page=True,
+        allowed_audio_extensions="wav,mp3",
+        max_file_size=123_456_789,
+        tus_base_path="/resumable",
     )
     async with running(create_app(settings)) as http:
         response = await http.get("/uploader")
@@ -51,7 +54,7 @@ async def test_the_page_carries_the_settings_its_script_needs(
     assert config["allowed_extensions"] == ["mp3", "wav"]
     assert config["max_file_size"] == 123_456_789
     assert config["status_path"] == "/upload/"
-    assert config["tus_endpoint"].startswith("/")
+    assert config["tus_endpoint"] == "/resumable/"
 
 
 async def test_an_unbuilt_bundle_gives_a_page_that_says_how_to_build_it(
