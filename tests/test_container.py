@@ -421,6 +421,110 @@ def test_two_replicas_upload_notify_and_shut_down_gracefully(
     )
 
 
+def test_podman_kube_play_runs_the_deployment_manifest(
+    image: str,
+    ulimits: tuple[str, ...],
+    postgres_schema: dict[str, str],
+    keypair: KeyPair,
+    s3_server: LocalS3Server,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+) -> None:
+    """deploy/kubernetes/deployment.yaml and configmap.yaml as podman's kube play runs
+    them, with what only a cluster has replaced: one replica on the host network (so no
+    port mapping), the test image, an emptyDir for the ReadWriteMany staging claim, and
+    the Secret's values in the ConfigMap (podman has no Kubernetes Secrets)."""
+    if shutil.which("catatonit") is None:
+        pytest.skip("podman kube play needs catatonit for its pause image (bootstrap installs it)")
+    import yaml  # type: ignore[import-untyped]
+
+    manifests = REPO / "deploy" / "kubernetes"
+    name = f"upload-kube-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    config = yaml.safe_load((manifests / "configmap.yaml").read_text())
+    config["metadata"]["name"] = name
+    config["data"].pop("MAIN_SERVICE_JWKS_URL")
+    config["data"].pop("MAIN_SERVICE_NOTIFY_URL")
+    config["data"].update(
+        {
+            "MAIN_SERVICE_JWT_PUBLIC_KEY": keypair.public_pem,
+            "EXPECTED_JWT_ISSUER": DEV_ISSUER,
+            "EXPECTED_JWT_AUDIENCE": DEV_AUDIENCE,
+            "S3_BUCKET_NAME": bucket,
+            "S3_ENDPOINT_URL": s3_server.endpoint_url,
+            "S3_ACCESS_KEY": DEV_ACCESS_KEY,
+            "S3_SECRET_KEY": DEV_SECRET_KEY,
+            **postgres_schema,
+        }
+    )
+    deployment = yaml.safe_load((manifests / "deployment.yaml").read_text())
+    deployment["metadata"]["name"] = name
+    deployment["spec"]["replicas"] = 1
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    container["image"] = image
+    container["envFrom"] = [{"configMapRef": {"name": name}}]
+    container.pop("ports")
+    for entry in container["env"]:
+        if entry["name"] == "PORT":
+            entry["value"] = str(port)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        container[probe]["httpGet"]["port"] = port
+    pod["volumes"] = [{"name": volume["name"], "emptyDir": {}} for volume in pod["volumes"]]
+    play = tmp_path / "play.yaml"
+    play.write_text(yaml.safe_dump_all([config, deployment]))
+    env = dict(os.environ)
+    if ulimits != ("--ulimit", "host"):
+        # kube play has no --ulimit; containers.conf's defaults do the same.
+        limits = ", ".join(f'"{value}"' for value in ulimits[1::2])
+        conf = tmp_path / "containers.conf"
+        conf.write_text(f"[containers]\ndefault_ulimits = [{limits}]\n")
+        env["CONTAINERS_CONF"] = str(conf)
+    played = subprocess.run(
+        [*PODMAN, "kube", "play", "--network", "host", str(play)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    replica = Container(f"{name}-pod-0-upload-service", port)
+    try:
+        assert played.returncode == 0, played.stderr[-3000:]
+        ready = wait_until(
+            lambda: _ready_checks(replica),
+            timeout_seconds=120,
+            what="the played pod to be ready",
+        )
+        assert ready == {"database": "ok", "s3": "ok", "staging": "ok"}
+        inspected = json.loads(podman("inspect", replica.name))[0]
+        assert inspected["Config"]["User"] == "10001:10001"
+        assert "MALLOC_ARENA_MAX=2" in inspected["Config"]["Env"]
+        source = make_wav(tmp_path / "played.wav", 2)
+        uploader = Uploader(keypair)
+        session_id = uploader.init(replica, source, file_id=9)
+        uploader.chunk(replica, session_id, 0, source)
+        done = uploader.complete(replica, session_id, 1, file_id=9)
+        assert done["message"] == "File upload completed."  # no notify URL configured
+        assert _object_sha256(s3, bucket, done["data"]["key"]) == hashlib.sha256(source).hexdigest()
+    finally:
+        subprocess.run(
+            [*PODMAN, "kube", "down", str(play)], capture_output=True, timeout=120, check=False
+        )
+
+
+def _ready_checks(replica: Container) -> dict[str, str] | None:
+    try:
+        response = httpx.get(f"{replica.url}/readyz", timeout=2)
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    checks: dict[str, str] = response.json()["data"]["checks"]
+    return checks
+
+
 def test_the_image_holds_no_key_token_or_env_file(image: str, tmp_path: Path) -> None:
     archive = tmp_path / "image.tar"
     podman("save", "--format", "docker-archive", "-o", str(archive), image, timeout=600)
