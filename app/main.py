@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 # mallopt(3) parameters (glibc's malloc.h), each with the environment variable that sets it
-# at exec time; an operator who sets that variable (or any glibc.malloc tunable) keeps it.
+# at exec time; an operator who sets that variable (or its glibc.malloc tunable) keeps it.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
