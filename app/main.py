@@ -5,9 +5,10 @@ this module (in tests, in tools) neither reads the environment nor connects anyw
 
 The process tunes glibc's malloc itself when the app is built (`tune_malloc`), so the
 fast configuration is the one every deployment runs, with no environment to remember:
-with glibc's defaults a streaming server takes about one minor page fault per 4 KiB
-received (the heap's top is trimmed and regrown around every body piece), which cost
-1.4-2.8x of chunk throughput in the bench; at most two arenas keep the part buffers that
+with glibc's defaults a streaming server takes up to one minor page fault per 4 KiB
+received (large buffers are mapped and unmapped, the heap's top trimmed and regrown),
+1.4-2.8x of a plain server's throughput (perf-notes; for this service mostly eager
+flush's part buffers, bench/README.md); at most two arenas keep the part buffers that
 eager flush reads in worker threads from lingering in one arena per thread.
 """
 
@@ -92,7 +93,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 # mallopt(3) parameters (glibc's malloc.h), each with the environment variable that sets it
-# at exec time; an operator who sets that variable (or any glibc.malloc tunable) keeps it.
+# at exec time; an operator who sets that variable (or its glibc.malloc tunable) keeps it.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8

@@ -462,6 +462,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for clients in args.clients:
                 figures: dict[str, list[float]] = {name: [] for name in servers}
                 cpu: dict[str, list[float]] = {name: [] for name in servers}
+                faults: dict[str, list[float]] = {name: [] for name in servers}
                 load_before = os.getloadavg()
                 for _ in range(runs):
                     for name, process in servers.items():
@@ -473,6 +474,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         else:
                             ingest = partial(ingest_service, process.port, token)
                         cpu_before = process.cpu_seconds()
+                        faults_before = process.minor_faults()
                         figures[name].append(await ingest(ingest_bytes, payload, clients))
                         # The CPU of what the chunks started (eager flush's parts) counts,
                         # and must not run into the next process' figure.
@@ -480,14 +482,19 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         cpu[name].append(
                             (process.cpu_seconds() - cpu_before) / (ingest_bytes / GiB)
                         )
+                        faults[name].append(
+                            (process.minor_faults() - faults_before) / (ingest_bytes / 4096)
+                        )
                     clean_dir(tus_files)
                 row: dict[str, Any] = {
                     "chunk_mib": chunk_mib,
                     "clients": clients,
                     **{f"{k}_mb_s": median(v) for k, v in figures.items()},
                     **{f"{k}_cpu_s_per_gib": median(v) for k, v in cpu.items()},
+                    **{f"{k}_faults_per_page": median(v) for k, v in faults.items()},
                     "samples": figures,
                     "cpu_samples": cpu,
+                    "fault_samples": faults,
                     "load_average_before": load_before,
                     "load_average_after": os.getloadavg(),
                 }
@@ -705,8 +712,10 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(f"{INGEST_COLUMNS[n]} ÷ tus" for n in ratios)
             + " | service ÷ bare | CPU-s per GiB: "
             + " / ".join(INGEST_COLUMNS[n] for n in names)
+            + " | minor faults per 4 KiB received: "
+            + " / ".join(INGEST_COLUMNS[n] for n in names)
             + " | load average (1 min) before, after |",
-            "|---|" + "---:|" * (len(names) + len(ratios) + 3),
+            "|---|" + "---:|" * (len(names) + len(ratios) + 4),
         ]
     for row in rows:
         load_figures = (
@@ -720,6 +729,8 @@ def markdown(results: dict[str, Any]) -> str:
             + "".join(f" | {_figure(row, f'{n}_over_tus', '.2f')}" for n in ratios)
             + f" | {row['service_over_bare']:.2f} | "
             + " / ".join(_figure(row, f"{n}_cpu_s_per_gib", ".2f") for n in names)
+            + " | "
+            + " / ".join(_figure(row, f"{n}_faults_per_page", ".2f") for n in names)
             + f" | {load_figures} |"
         )
     if results.get("tus"):
