@@ -24,6 +24,7 @@ from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
 from app.storage.staging_s3 import S3Staging
 from app.storage.stats import count_sessions_by_state, staging_bytes
+from app.uploads import buffer_budget
 from app.uploads.audio import AudioFacts, inspect_audio, sniff_head
 from app.uploads.quota import StagedBytesQuota
 from app.uploads.service import AudioInspector, HeadSniffer, UploadPolicy, UploadService
@@ -121,6 +122,7 @@ async def build_container(
         )
         disk.prepare()
         stack.push_async_callback(verifier.close)  # a JWKS fetch in flight
+        buffer_budget.configure(settings.part_buffer_budget_bytes)
         engine = create_engine(settings.resolved_database_url, schema=settings.database_schema)
         stack.push_async_callback(engine.dispose)
         if settings.auto_migrate:

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     s3_public_base_url: str | None = None
     s3_part_size_bytes: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * GiB)
     s3_max_concurrency: int = Field(default=4, ge=1, le=64)
+    part_buffer_budget_bytes: int = Field(
+        default=256 * MiB,
+        ge=5 * MiB,
+        description="bytes of part buffers all completions and eager flushes hold together",
+    )
     s3_timeout_seconds: float = Field(default=30.0, gt=0)
     s3_sign_payload: Literal["auto", "always", "never"] = Field(
         default="auto",
@@ -363,6 +368,8 @@ class Settings(BaseSettings):
             raise ValueError("S3_ACCESS_KEY and S3_SECRET_KEY must be set together")
         if self.max_chunk_size > self.max_file_size:
             raise ValueError("MAX_CHUNK_SIZE must not exceed MAX_FILE_SIZE")
+        if self.part_buffer_budget_bytes < self.s3_part_size_bytes:
+            raise ValueError("PART_BUFFER_BUDGET_BYTES must hold at least one S3_PART_SIZE_BYTES")
         if self.main_service_notify_url and self.main_service_notify_secret is None:
             raise ValueError(
                 "MAIN_SERVICE_NOTIFY_SECRET must be set when MAIN_SERVICE_NOTIFY_URL is"

@@ -154,6 +154,8 @@ class JwksKeys:
         except (_FetchFailed, httpx.HTTPError, TimeoutError) as error:
             reason = str(error) or type(error).__name__
             log.warning("auth.jwks_fetch_failed", url=self._url, reason=reason)
+        except Exception as error:  # whatever the endpoint sent: a failed fetch, never a 500
+            log.exception("auth.jwks_fetch_failed", url=self._url, reason=type(error).__name__)
         else:
             only = next(iter(keys.values())) if len(keys) == 1 else None
             self._current = _KeySet(keys, only, self._clock())

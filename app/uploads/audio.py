@@ -18,7 +18,8 @@ Invariants:
   walked counts as one. A file built of 500,000 empty chunks therefore costs the same few
   milliseconds as an honest one before it is refused, and the parsers' per-chunk objects
   cannot pile up in memory.
-- Every fact is range-checked where it leaves the parsers (`_checked`): channels 1-255,
+- Every fact is range-checked where it leaves the parsers (`_checked_int`,
+  `_checked_duration`; EBML values where they are decoded): channels 1-255,
   sample rate and bitrate within what real audio uses, duration finite and at most
   `MAX_DURATION_SECONDS`. A fact out of range is dropped (None), never passed on, so no
   response, row, webhook or metadata value can hold an absurd number, NaN or Infinity.
@@ -178,7 +179,7 @@ class AudioFacts:
             if value is None:
                 continue
             if isinstance(value, float) and not math.isfinite(value):
-                continue  # `_checked` lets none through; metadata must never say "inf"
+                continue  # the range checks let none through; metadata must never say "inf"
             key = "audio-" + field.name.replace("_", "-")
             text = f"{value:.3f}" if isinstance(value, float) else str(value)
             out[key] = text.encode("ascii", "replace").decode("ascii")

@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 import structlog
 
 from app.errors import ChecksumMismatch
-from app.uploads import leasing
+from app.uploads import buffer_budget, leasing
 from app.uploads.assembly import abort_quietly, first_service_error, read_part_body
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
 from app.uploads.ports import ChunkStaging, Lease, LeaseStore, MultipartObjectStore, SessionStore
@@ -273,7 +273,7 @@ class EagerFlusher:
         self._clock = clock
         # Bounds the part buffers of all background flushes together, so memory stays
         # flat however many sessions upload at once.
-        self._buffers = asyncio.Semaphore(concurrency)
+        self._buffers = buffer_budget.slots(concurrency, part_size_bytes)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._stopped: set[str] = set()
@@ -657,7 +657,7 @@ class EagerFlusher:
             p.size_bytes for p in work if p.part_number in etags and p.part_number > hashed
         )
         sent = 0
-        slots = asyncio.Semaphore(self._concurrency)
+        slots = buffer_budget.slots(self._concurrency, self._part_size_bytes)
 
         def read(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
             data = _read_part(stream, part)

@@ -146,10 +146,17 @@ async def test_audio_facts_out_of_range_never_leave_the_parser(
 ) -> None:
     headers = {"Authorization": f"Bearer {keypair.token('attacker')}"}
     accepted: dict[str, dict[str, Any]] = {}
+    assert service.process is not None
+    pid = service.process.pid
     async with httpx.AsyncClient(base_url=service.url, headers=headers, timeout=60) as http:
         for file_id, (label, data) in enumerate(CRAFTED_WEBM.items(), start=1):
             session_id, total = await upload(http, data, f"{label}.webm", file_id)
+            before_cpu, before_rss = cpu_seconds(pid), rss_mb(pid)
+            reset_peak_rss(pid)
             done = await complete(http, session_id, total, file_id)
+            cpu, peak = cpu_seconds(pid) - before_cpu, peak_rss_mb(pid) - before_rss
+            print(f"\n{label}: {done.status_code} {cpu:.2f} CPU-s, peak RSS +{peak:.0f} MB")
+            assert cpu < MAX_COMPLETE_CPU_SECONDS
             assert done.status_code in (200, 415), (label, done.status_code, done.text)
             body = strict_json(done.content)
             if done.status_code == 415:
