@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -214,6 +216,76 @@ def test_one_user_cannot_stage_more_than_the_per_user_quota(
             timeout_seconds=15,
             what="the quota to be freed by the abort",
         )
+
+
+@pytest.fixture
+def small_staging_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 24 MiB tmpfs; skipped where mounting is not allowed."""
+    mount_point = tmp_path / "small-fs"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a size-limited filesystem here")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {made.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_staging_keeps_free_space_for_the_database(
+    keypair: KeyPair, s3_server: LocalS3Server, small_staging_filesystem: Path, tmp_path: Path
+) -> None:
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    s3_server.create_bucket(bucket)
+    # No DATABASE_URL: the default SQLite file lives in the staging directory.
+    env = service_env(
+        keypair,
+        s3_server.endpoint_url,
+        bucket,
+        {},
+        small_staging_filesystem / "staging",
+        STAGING_MIN_FREE_BYTES=str(12 * MiB),
+        MAX_STAGED_BYTES_PER_USER="0",
+    )
+    process = ServiceProcess(env, tmp_path / "run").start()
+    try:
+        headers = auth(keypair, "filler")
+        with httpx.Client(base_url=process.url, timeout=60) as http:
+            session_id = new_session(http, headers)
+            refused = None
+            for index in range(12):  # 24 MiB of chunks cannot all fit
+                response = http.post(
+                    "/upload/chunk",
+                    data={"upload_session_id": session_id, "chunk_index": str(index)},
+                    files={"chunk": ("blob", WAV_HEAD + bytes(2 * MiB))},
+                    headers=headers,
+                )
+                if response.status_code != 200:
+                    refused = response
+                    break
+            assert refused is not None, "the reserve was never reached"
+            body = assert_envelope(refused, 507, "staging_full")
+            assert body["error"]["details"] == {"staging_min_free_bytes": 12 * MiB}
+            # Staging is full, the database is not: sessions are still created and read.
+            someone = auth(keypair, "someone-else")
+            other = new_session(http, someone)
+            assert http.get(f"/upload/{other}", headers=someone).status_code == 200
+            assert http.delete(f"/upload/{session_id}", headers=headers).status_code == 200
+            retried = http.post(
+                "/upload/chunk",
+                data={"upload_session_id": other, "chunk_index": "0"},
+                files={"chunk": ("blob", WAV_HEAD + bytes(2 * MiB))},
+                headers=someone,
+            )
+            assert retried.status_code == 200, retried.text
+    finally:
+        process.stop()
 
 
 # --------------------------------------------------------- item 4: ASCII chunk indexes
