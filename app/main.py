@@ -31,7 +31,7 @@ from app.api import health, uploads
 from app.api.envelope import install_error_handlers
 from app.api.limits import BodySizeLimitMiddleware
 from app.container import build_container, build_verifier
-from app.http_edge import install_http_edge
+from app.http_edge import install_http_edge, serve_metrics_port
 from app.janitor import JanitorLoop
 from app.logging import configure_logging
 from app.metrics import Metrics
@@ -48,7 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     configure_logging(settings.log_level)
     verifier = build_verifier(settings)  # a bad key stops start-up here, not at first use
-    metrics = Metrics() if settings.metrics_enabled else None
+    metrics = (
+        Metrics(cache_seconds=settings.metrics_cache_seconds) if settings.metrics_enabled else None
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +59,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         release_freed_heap()
         # Clean-up loop; on the exit stack so it stops before the parts it uses close.
         container.stack.push_async_callback(JanitorLoop(container).start().stop)
+        if metrics is not None and settings.metrics_port is not None:
+            metrics_server = await serve_metrics_port(
+                metrics, settings.metrics_host, settings.metrics_port
+            )
+            container.stack.callback(metrics_server.close)
         log.info(
             "service.started",
             database=container.engine.dialect.name,

@@ -251,6 +251,10 @@ class Settings(BaseSettings):
         le=65535,
         description="serve /metrics on this port only (for scrapers), not on the API port",
     )
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - scrapers come from other hosts; firewall the port
+        description="address METRICS_PORT listens on",
+    )
     metrics_cache_seconds: float = Field(
         default=5, ge=0, description="how long one /metrics snapshot is served"
     )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import uvicorn
 
-from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
+from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair, write_private_file
 from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server
 from app.dev.webhook_receiver import ReceiverProcess
 from app.main import create_app
@@ -90,8 +90,7 @@ def main() -> None:
     state.mkdir(parents=True, exist_ok=True)
     keys = KeyPair.load_or_create(state / "keys")
     token_path = state / "token"
-    token_path.write_text(keys.token("dev-user", ttl_seconds=7 * 24 * 3600))
-    token_path.chmod(0o600)
+    write_private_file(token_path, keys.token("dev-user", ttl_seconds=7 * 24 * 3600))
     sample = write_sample_wav(state / "sample.wav")
 
     s3 = LocalS3Server().start()

@@ -8,8 +8,11 @@ memory read from /proc, loose bounds; never wall-clock timings).
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shutil
 import sqlite3
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +22,8 @@ import httpx
 import pytest
 
 from app.dev.keys import KeyPair
-from app.dev.s3server import LocalS3Server
+from app.dev.s3server import LocalS3Server, free_port
+from app.metrics import KNOWN_METHODS, OTHER_METHOD
 from app.uploads.naming import legacy_object_key, owner_segment
 from tests.hostile import (
     FORM_CONTENT_TYPE,
@@ -214,6 +218,76 @@ def test_one_user_cannot_stage_more_than_the_per_user_quota(
         )
 
 
+@pytest.fixture
+def small_staging_filesystem(tmp_path: Path) -> Iterator[Path]:
+    """A real 24 MiB tmpfs; skipped where mounting is not allowed."""
+    mount_point = tmp_path / "small-fs"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("no mount command: cannot make a size-limited filesystem here")
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not permitted here: {made.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_staging_keeps_free_space_for_the_database(
+    keypair: KeyPair, s3_server: LocalS3Server, small_staging_filesystem: Path, tmp_path: Path
+) -> None:
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    s3_server.create_bucket(bucket)
+    # No DATABASE_URL: the default SQLite file lives in the staging directory.
+    env = service_env(
+        keypair,
+        s3_server.endpoint_url,
+        bucket,
+        {},
+        small_staging_filesystem / "staging",
+        STAGING_MIN_FREE_BYTES=str(12 * MiB),
+        MAX_STAGED_BYTES_PER_USER="0",
+    )
+    process = ServiceProcess(env, tmp_path / "run").start()
+    try:
+        headers = auth(keypair, "filler")
+        with httpx.Client(base_url=process.url, timeout=60) as http:
+            session_id = new_session(http, headers)
+            refused = None
+            for index in range(12):  # 24 MiB of chunks cannot all fit
+                response = http.post(
+                    "/upload/chunk",
+                    data={"upload_session_id": session_id, "chunk_index": str(index)},
+                    files={"chunk": ("blob", WAV_HEAD + bytes(2 * MiB))},
+                    headers=headers,
+                )
+                if response.status_code != 200:
+                    refused = response
+                    break
+            assert refused is not None, "the reserve was never reached"
+            body = assert_envelope(refused, 507, "staging_full")
+            assert body["error"]["details"] == {"staging_min_free_bytes": 12 * MiB}
+            # Staging is full, the database is not: sessions are still created and read.
+            someone = auth(keypair, "someone-else")
+            other = new_session(http, someone)
+            assert http.get(f"/upload/{other}", headers=someone).status_code == 200
+            assert http.delete(f"/upload/{session_id}", headers=headers).status_code == 200
+            retried = http.post(
+                "/upload/chunk",
+                data={"upload_session_id": other, "chunk_index": "0"},
+                files={"chunk": ("blob", WAV_HEAD + bytes(2 * MiB))},
+                headers=someone,
+            )
+            assert retried.status_code == 200, retried.text
+    finally:
+        process.stop()
+
+
 # --------------------------------------------------------- item 4: ASCII chunk indexes
 @pytest.mark.parametrize(
     "index", ["\u00b2", "\u0661", "\uff11", "1\u0660", "-1", "1.0", "0x1", "1e3", "9" * 40]
@@ -378,3 +452,95 @@ def test_init_checks_the_token_before_reading_the_body(
     )
     assert status == 408
     assert json.loads(body)["error"]["code"] == "request_timeout"
+
+
+# ------------------------------------------- item 10 and 12: probes, scrapes, labels
+@pytest.fixture(scope="module")
+def metrics_service(
+    keypair: KeyPair, s3_server: LocalS3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServiceProcess, int]]:
+    root: Path = tmp_path_factory.mktemp("hostile-metrics")
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    s3_server.create_bucket(bucket)
+    metrics_port = free_port()
+    env = service_env(
+        keypair,
+        s3_server.endpoint_url,
+        bucket,
+        {"database_url": f"sqlite+aiosqlite:///{root / 'sessions.db'}"},
+        root / "staging",
+        METRICS_PORT=str(metrics_port),
+        METRICS_HOST="127.0.0.1",
+    )
+    process = ServiceProcess(env, root / "run").start()
+    yield process, metrics_port
+    process.stop()
+
+
+def test_metrics_are_served_on_their_own_port_only(
+    metrics_service: tuple[ServiceProcess, int],
+) -> None:
+    service, metrics_port = metrics_service
+    assert_envelope(httpx.get(f"{service.url}/metrics"), 404, "not_found")
+    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics")
+    assert scraped.status_code == 200
+    assert "upload_http_requests_total" in scraped.text
+    assert httpx.get(f"http://127.0.0.1:{metrics_port}/upload/init").status_code == 404
+    # A client that sends junk on the metrics port gets the connection closed, nothing else.
+    with pytest.raises(ConnectionError):
+        raw_exchange(metrics_port, b"x" * 10_000)
+
+
+def test_a_flood_of_probes_and_scrapes_costs_about_one_of_each(
+    metrics_service: tuple[ServiceProcess, int], keypair: KeyPair
+) -> None:
+    service, metrics_port = metrics_service
+    headers = auth(keypair, "probed")
+    with httpx.Client(base_url=service.url, timeout=60) as http:
+        # Something for the gauges to count: sessions with staged chunks.
+        for _ in range(20):
+            session_id = new_session(http, headers)
+            for index in range(5):
+                response = http.post(
+                    "/upload/chunk",
+                    data={"upload_session_id": session_id, "chunk_index": str(index)},
+                    files={"chunk": ("blob", WAV_HEAD + bytes(1000))},
+                    headers=headers,
+                )
+                assert response.status_code == 200
+
+    async def flood() -> list[int]:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            calls = [client.get(f"{service.url}/readyz") for _ in range(300)]
+            calls += [client.get(f"http://127.0.0.1:{metrics_port}/metrics") for _ in range(300)]
+            return [response.status_code for response in await asyncio.gather(*calls)]
+
+    meter = CostMeter(pid_of(service)).start()
+    statuses = asyncio.run(flood())
+    cost = meter.stop()
+    print(f"300 /readyz + 300 /metrics: {cost}")
+    assert statuses == [200] * 600
+    # Each answer served from the shared verdict/snapshot is cheap: a few ms at most on
+    # average, where computing each (S3, database, staging tree) costs several times that.
+    assert cost.cpu_seconds < 600 * 0.004, cost
+
+
+def test_the_method_label_is_bounded(metrics_service: tuple[ServiceProcess, int]) -> None:
+    service, metrics_port = metrics_service
+    # uvicorn's httptools parser answers 400 to methods it does not know (BREW); the
+    # WebDAV and other registered ones (PROPFIND, MKCALENDAR...) reach the app, and with
+    # `--http h11` any token does.
+    for method in ("PROPFIND", "MKCALENDAR", "PURGE", "BREW", "X" * 60):
+        status, _ = raw_exchange(
+            service.port, f"{method} /healthz HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+        )
+        assert status in (400, 404, 405), (method, status)
+    scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    methods = {
+        line.split('method="', 1)[1].split('"', 1)[0]
+        for line in scraped.splitlines()
+        if line.startswith("upload_http_requests_total{")
+    }
+    assert OTHER_METHOD in methods
+    assert methods <= KNOWN_METHODS | {OTHER_METHOD}
