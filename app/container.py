@@ -22,7 +22,7 @@ from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
 from app.storage.staging_s3 import S3Staging
-from app.storage.stats import count_sessions_by_state, staging_bytes
+from app.storage.stats import SessionStateCounts, staging_bytes
 from app.uploads.audio import AudioFacts, inspect_audio, sniff_head
 from app.uploads.service import AudioInspector, HeadSniffer, UploadPolicy, UploadService
 
@@ -164,8 +164,10 @@ def register_gauges(container: Container) -> None:
     notification outbox) add theirs with `container.metrics.add_gauge_provider`."""
     metrics, engine, staging = container.metrics, container.engine, container.staging
 
+    state_counts = SessionStateCounts(engine)
+
     async def sessions() -> dict[tuple[str, ...], float]:
-        counts = await count_sessions_by_state(engine)
+        counts = await state_counts.counts()
         return {(state.value,): float(count) for state, count in counts.items()}
 
     async def staged() -> dict[tuple[str, ...], float]:

@@ -412,6 +412,7 @@ class UploadService:
             result=result,
             event=event,
             lease=held.lease if self._fenced else None,
+            total_chunks=request.total_chunks,
         )
         if not committed:
             # Our lease lapsed and the session was taken from us (released by the janitor
