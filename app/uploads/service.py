@@ -381,6 +381,8 @@ class UploadService:
         # the row names the multipart upload a flush (on any replica) opened.
         current = await self.store.get(session.id)
         if current is None or current.state is not SessionState.COMPLETING:
+            if self.eager is not None:
+                self.eager.release(session.id)
             return await self._outcome_of_another_completion(session.id)
         session = current
         try:
