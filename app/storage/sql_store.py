@@ -378,21 +378,27 @@ class SqlSessionStore:
         `completed_updated_before` (None: completed ones stay, answering repeated
         completes and holding where the file went). Each state is one range of the
         (state, updated_at) index."""
-        purgeable = S.state.in_(_PURGEABLE_STATES) & (S.updated_at < updated_before)
+        # One range of the (state, updated_at) index per kind: an OR of both would make
+        # PostgreSQL scan the table (bench/README.md, "Ten million sessions").
+        kinds = [S.state.in_(_PURGEABLE_STATES) & (S.updated_at < updated_before)]
         if completed_updated_before is not None:
-            purgeable = purgeable | (
+            kinds.append(
                 (S.state == SessionState.COMPLETED.value)
                 & (S.updated_at < completed_updated_before)
             )
         async with self.engine.begin() as conn:
-            rows = await conn.execute(select(S.id).where(purgeable).limit(limit))
-            ids = [str(row[0]) for row in rows]
+            ids: list[str] = []
+            for purgeable in kinds:
+                rows = await conn.execute(select(S.id).where(purgeable).limit(limit - len(ids)))
+                ids += [str(row[0]) for row in rows]
+                if len(ids) >= limit:
+                    break
             if not ids:
                 return 0
             await conn.execute(delete(upload_chunks).where(C.session_id.in_(ids)))
             await conn.execute(delete(upload_parts).where(upload_parts.c.session_id.in_(ids)))
             await leases.delete_for(conn, ids)
-            deleted = await conn.execute(delete(upload_sessions).where(S.id.in_(ids), purgeable))
+            deleted = await conn.execute(delete(upload_sessions).where(S.id.in_(ids), or_(*kinds)))
             return int(deleted.rowcount or 0)
 
     async def ping(self) -> None:
