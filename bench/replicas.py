@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -98,6 +99,18 @@ async def complete_once(port: int, token: str, data: bytes, chunk_bytes: int) ->
     return {"complete_seconds": seconds}
 
 
+def drop_schema(schema: str) -> None:
+    subprocess.run(
+        [
+            *("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-q", "-c"),
+            f'DROP SCHEMA IF EXISTS "{schema}" CASCADE',
+        ],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     work_dir = Path(f"/tmp/bench-replicas-{uuid.uuid4().hex[:8]}")
     work_dir.mkdir()
@@ -156,6 +169,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             finally:
                 for process in processes:
                     process.stop()
+                if postgres:
+                    drop_schema(env["DATABASE_SCHEMA"])
     finally:
         await proxy.stop()
         s3.stop()
