@@ -23,7 +23,7 @@ from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
 from app.storage.staging_s3 import S3Staging
-from app.storage.stats import count_sessions_by_state, staging_bytes
+from app.storage.stats import SessionStateCounts, staging_bytes
 from app.uploads import buffer_budget
 from app.uploads.audio import AudioFacts, inspect_audio, sniff_head
 from app.uploads.quota import StagedBytesQuota
@@ -184,8 +184,10 @@ def register_gauges(container: Container) -> None:
     notification outbox) add theirs with `container.metrics.add_gauge_provider`."""
     metrics, engine, staging = container.metrics, container.engine, container.staging
 
+    state_counts = SessionStateCounts(engine)
+
     async def sessions() -> dict[tuple[str, ...], float]:
-        counts = await count_sessions_by_state(engine)
+        counts = await state_counts.counts()
         return {(state.value,): float(count) for state, count in counts.items()}
 
     async def staged() -> dict[tuple[str, ...], float]:

@@ -171,6 +171,12 @@ class Settings(BaseSettings):
         ge=0,
         description="How long expired and aborted session records stay (410, not 404).",
     )
+    completed_retention_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=0,
+        description="How long a completed session's record stays (a repeated complete or "
+        "GET answers its result; 404 after). 0 keeps them forever.",
+    )
     max_open_sessions_per_user: int = Field(
         default=100, ge=0, description="uploading or completing sessions per sub; 0: no limit"
     )

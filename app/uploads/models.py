@@ -120,8 +120,21 @@ class SessionView:
 
     @property
     def received_chunks(self) -> list[int]:
+        if self._completed_without_chunk_rows():
+            # Chunk rows go when a session completes; it had chunks 0..total_chunks-1.
+            return list(range(self.session.total_chunks or 0))
         return sorted(chunk.index for chunk in self.chunks)
 
     @property
     def received_bytes(self) -> int:
+        if self._completed_without_chunk_rows():
+            assert self.session.result is not None
+            return int(self.session.result.get("size", 0))
         return sum(chunk.size_bytes for chunk in self.chunks)
+
+    def _completed_without_chunk_rows(self) -> bool:
+        return (
+            self.state is SessionState.COMPLETED
+            and not self.chunks
+            and self.session.result is not None
+        )

@@ -88,10 +88,12 @@ class SessionStore(Protocol):
         result: dict[str, Any],
         event: OutboxEvent | None = None,
         lease: Lease | None = None,
+        total_chunks: int | None = None,
     ) -> bool:
         """completing -> completed, storing the result and, when given, its outbox event,
         in one transaction: a completed session always has its event, and vice versa.
-        With `lease`, only while that lease is still held (fenced by its generation)."""
+        With `lease`, only while that lease is still held (fenced by its generation).
+        The session's chunk and part records go (`total_chunks` is kept instead)."""
         ...
 
     async def release_completion(

@@ -567,6 +567,8 @@ class UploadService:
         # the row names the multipart upload a flush (on any replica) opened.
         current = await self.store.get(session.id)
         if current is None or current.state is not SessionState.COMPLETING:
+            if self.eager is not None:
+                self.eager.release(session.id)
             return await self._outcome_of_another_completion(session.id)
         session = current
         try:
@@ -598,6 +600,7 @@ class UploadService:
             result=result,
             event=event,
             lease=held.lease if self._fenced else None,
+            total_chunks=request.total_chunks,
         )
         if not committed:
             # Our lease lapsed and the session was taken from us (released by the janitor
