@@ -324,11 +324,12 @@ def test_two_replicas_upload_notify_and_shut_down_gracefully(
         {"WEBHOOK_SECRET": secret},
         command=("python3", "-m", "app.dev.webhook_receiver", "--port", str(receiver_port)),
     )
-    # Replicas share the staging directory (STAGING_BACKEND=disk). Once S3 staging
-    # lands, STAGING_BACKEND=s3 replaces this volume and the replicas share nothing.
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    os.chown(staging, 10001, 10001)
+    # As deploy/ ships them: S3 staging, each replica with a local directory of its own
+    # (only chunks in flight live there), sharing nothing but PostgreSQL and the bucket.
+    staging_a, staging_b = tmp_path / "staging-a", tmp_path / "staging-b"
+    for directory in (staging_a, staging_b):
+        directory.mkdir()
+        os.chown(directory, 10001, 10001)
     common = {
         "MAIN_SERVICE_JWT_PUBLIC_KEY": keypair.public_pem.strip().replace("\n", "\\n"),
         "EXPECTED_JWT_ISSUER": DEV_ISSUER,
@@ -341,12 +342,16 @@ def test_two_replicas_upload_notify_and_shut_down_gracefully(
         "MAIN_SERVICE_NOTIFY_SECRET": secret,
         "SHUTDOWN_GRACE_SECONDS": str(GRACE_SECONDS),
         "LOG_LEVEL": "WARNING",
+        "STAGING_BACKEND": "s3",
         **postgres_schema,
     }
-    volume = ("-v", f"{staging}:{STAGING_IN_IMAGE}")
     port_a, port_b = free_port(), free_port()
-    a = containers.run("a", port_a, {**common, "PORT": str(port_a)}, *volume)
-    b = containers.run("b", port_b, {**common, "PORT": str(port_b)}, *volume)
+    a = containers.run(
+        "a", port_a, {**common, "PORT": str(port_a)}, "-v", f"{staging_a}:{STAGING_IN_IMAGE}"
+    )
+    b = containers.run(
+        "b", port_b, {**common, "PORT": str(port_b)}, "-v", f"{staging_b}:{STAGING_IN_IMAGE}"
+    )
     for replica in (receiver, a, b):
         wait_until(replica.healthy, timeout_seconds=120, what=f"{replica.name} to be healthy")
 
@@ -391,7 +396,7 @@ def test_two_replicas_upload_notify_and_shut_down_gracefully(
     with socket.create_connection(("127.0.0.1", a.port)) as in_flight:
         in_flight.sendall(head + body[:cut])
         wait_until(
-            lambda: staged_files(staging, "incoming"),
+            lambda: staged_files(staging_a, "incoming"),
             timeout_seconds=30,
             what="the chunk to be partly on disk",
         )
@@ -406,7 +411,7 @@ def test_two_replicas_upload_notify_and_shut_down_gracefully(
     assert time.monotonic() - signalled_at < GRACE_SECONDS + 30
     assert exit_code == 0, a.logs()
     assert "Traceback" not in a.logs()
-    assert staged_files(staging, "incoming") == []
+    assert staged_files(staging_a, "incoming") == []
 
     # Nothing acknowledged was lost: B sees both chunks and finishes the upload.
     assert uploader.status(b, session2)["received_chunks"] == [0, 1]
@@ -433,7 +438,7 @@ def test_podman_kube_play_runs_the_deployment_manifest(
 ) -> None:
     """deploy/kubernetes/deployment.yaml and configmap.yaml as podman's kube play runs
     them, with what only a cluster has replaced: one replica on the host network (so no
-    port mapping), the test image, an emptyDir for the ReadWriteMany staging claim, and
+    port mapping), the test image, an emptyDir for each volume, and
     the Secret's values in the ConfigMap (podman has no Kubernetes Secrets)."""
     if shutil.which("catatonit") is None:
         pytest.skip("podman kube play needs catatonit for its pause image (bootstrap installs it)")
