@@ -272,7 +272,13 @@ class DiskStaging:
 
     # --- listings for the janitor ------------------------------------------------------
     async def list_incoming(self) -> list[StagingEntry]:
-        return await asyncio.to_thread(_entries, self.incoming_dir)
+        """Temp files of this process's finished or dead writers; a file a live request is
+        still writing is never listed, however slowly its chunk trickles in (its writer
+        removes it itself if the request fails)."""
+        with self._lock:
+            writing = set(self._writing)
+        entries = await asyncio.to_thread(_entries, self.incoming_dir)
+        return [entry for entry in entries if entry.name not in writing]
 
     async def list_session_dirs(self) -> list[str]:
         """Session ids that have a directory (names that are not UUIDs are not ours)."""
