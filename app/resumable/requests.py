@@ -37,6 +37,10 @@ async def append_body(
     flush_eagerly: bool = True,
 ) -> Appended:
     settings = container.settings
+    # Every byte counts against the caller's staging quota as it arrives, as for chunks.
+    new_writer = container.uploads.new_append_writer
+    if container.quota is not None:
+        new_writer = await container.quota.writer_factory(principal.sub, new_writer)
     body = RequestBody(request.receive, idle_timeout_seconds=settings.chunk_idle_timeout_seconds)
     async with HeldUpload(
         container.upload_locks,
@@ -52,6 +56,7 @@ async def append_body(
             checksum=checksum,
             fence=held.fence,
             flush_eagerly=flush_eagerly,
+            new_writer=new_writer,
         )
     return Appended(offset, body.cut_short)
 

@@ -237,6 +237,14 @@ class UploadService:
     def new_chunk_writer(self) -> ChunkWriter:
         return self.staging.new_writer(max_bytes=self.policy.max_chunk_size)
 
+    def new_append_writer(self) -> ChunkWriter:
+        """A staging writer for one piece of a byte-stream append (tus, IETF)."""
+        return self.staging.new_writer(max_bytes=self._append_piece_bytes)
+
+    @property
+    def _append_piece_bytes(self) -> int:
+        return min(self.policy.part_size_bytes, self.policy.max_chunk_size)
+
     async def check_can_receive(self, principal: Principal, session_id: str) -> UploadSession:
         """Fails fast, before any chunk byte is read, when the chunk would be refused."""
         session = await self._owned(principal, session_id)
@@ -324,6 +332,7 @@ class UploadService:
         checksum: AppendChecksum | None = None,
         fence: Callable[[], Awaitable[None]] | None = None,
         flush_eagerly: bool = True,
+        new_writer: Callable[[], ChunkWriter] | None = None,
     ) -> int:
         """Append a byte stream at `offset` (which must be the bytes held now); returns
         the new offset.
@@ -335,14 +344,16 @@ class UploadService:
         recorded until the whole body has matched it; on a mismatch every piece is
         dropped and the offset is unchanged. `fence` runs before each record and raises if
         this writer may no longer write (its upload lease was lost). The caller ensures a
-        single writer per upload."""
+        single writer per upload. `new_writer` makes each piece's writer (the front door
+        wraps `new_append_writer` to count the bytes against the caller's quota)."""
         session = await self.check_can_receive(principal, session_id)
         index, held = await self.store.chunk_totals(session_id)
         if offset != held:
             raise OffsetMismatch(details={"offset": held})
         limit = session.total_size if session.total_size is not None else self.policy.max_file_size
         room = limit - held
-        piece_bytes = min(self.policy.part_size_bytes, self.policy.max_chunk_size)
+        piece_bytes = self._append_piece_bytes
+        make_writer = new_writer or self.new_append_writer
         digest = hashlib.new(checksum.algorithm) if checksum is not None else None
         held_back: list[StagedFile] = []
         writer: ChunkWriter | None = None
@@ -366,7 +377,7 @@ class UploadService:
                 view = memoryview(data)
                 while view:
                     if writer is None:
-                        writer = self.staging.new_writer(max_bytes=piece_bytes)
+                        writer = make_writer()
                     piece = view[: piece_bytes - writer.size_bytes]
                     view = view[len(piece) :]
                     if appended + len(piece) > room:
