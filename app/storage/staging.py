@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 from app.errors import ChunkTooLarge, StagingFull
 from app.uploads.models import StagedFile, StoredChunk
@@ -377,10 +377,14 @@ class DiskStaging:
         await asyncio.to_thread(probe)
 
 
-class ConcatenatedReader(io.RawIOBase):
-    """A seekable read-only view of several files one after another."""
+PartT = TypeVar("PartT")
 
-    def __init__(self, parts: Sequence[tuple[Path, int]]) -> None:
+
+class PartsReader(io.RawIOBase, Generic[PartT]):
+    """A seekable read-only view of sized parts one after another: the positioning
+    shared by the disk and S3 staging readers; a subclass reads the bytes."""
+
+    def __init__(self, parts: Sequence[tuple[PartT, int]]) -> None:
         self._parts = list(parts)
         self._starts: list[int] = []
         offset = 0
@@ -389,8 +393,6 @@ class ConcatenatedReader(io.RawIOBase):
             offset += size
         self._length = offset
         self._position = 0
-        self._open_index = -1
-        self._fd = -1
 
     def readable(self) -> bool:
         return True
@@ -405,6 +407,28 @@ class ConcatenatedReader(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
         self._position = max(0, base + offset)
         return self._position
+
+    def _part_at(self, position: int) -> int:
+        low, high = 0, len(self._starts) - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._starts[middle] <= position:
+                low = middle
+            else:
+                high = middle - 1
+        # Skip empty parts that start at the same offset.
+        while self._parts[low][1] == 0 and low + 1 < len(self._parts):
+            low += 1
+        return low
+
+
+class ConcatenatedReader(PartsReader[Path]):
+    """A seekable read-only view of several files one after another."""
+
+    def __init__(self, parts: Sequence[tuple[Path, int]]) -> None:
+        super().__init__(parts)
+        self._open_index = -1
+        self._fd = -1
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._position >= self._length or len(buffer) == 0:
@@ -422,19 +446,6 @@ class ConcatenatedReader(io.RawIOBase):
             raise OSError(errno.EIO, f"staged chunk {index} is shorter than recorded")
         self._position += got
         return got
-
-    def _part_at(self, position: int) -> int:
-        low, high = 0, len(self._starts) - 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self._starts[middle] <= position:
-                low = middle
-            else:
-                high = middle - 1
-        # Skip empty parts that start at the same offset.
-        while self._parts[low][1] == 0 and low + 1 < len(self._parts):
-            low += 1
-        return low
 
     def _close_fd(self) -> None:
         if self._fd >= 0:

@@ -29,7 +29,13 @@ from datetime import UTC
 from typing import Any, BinaryIO
 
 from app.storage.s3 import S3MultipartStore
-from app.storage.staging import DiskChunkWriter, DiskStaging, StagingEntry, _session_dir_name
+from app.storage.staging import (
+    DiskChunkWriter,
+    DiskStaging,
+    PartsReader,
+    StagingEntry,
+    _session_dir_name,
+)
 from app.uploads.models import StagedFile, StoredChunk
 
 READ_WINDOW_BYTES = 1024 * 1024
@@ -203,7 +209,7 @@ class S3Staging:
         await self.objects.call("head_bucket", Bucket=self.bucket)
 
 
-class S3ConcatenatedReader(io.RawIOBase):
+class S3ConcatenatedReader(PartsReader[str]):
     """A seekable read-only view of staged objects one after another (blocking)."""
 
     def __init__(
@@ -212,33 +218,12 @@ class S3ConcatenatedReader(io.RawIOBase):
         parts: Sequence[tuple[str, int]],
         loop: asyncio.AbstractEventLoop,
     ) -> None:
+        super().__init__(parts)
         self._staging = staging
-        self._parts = list(parts)
         self._loop = loop
-        self._starts: list[int] = []
-        offset = 0
-        for _, size in self._parts:
-            self._starts.append(offset)
-            offset += size
-        self._length = offset
-        self._position = 0
         # The last window read: (part index, start within the part, bytes).
         self._window: tuple[int, int, bytes] | None = None
         self.bytes_fetched = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
-        self._position = max(0, base + offset)
-        return self._position
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._position >= self._length or len(buffer) == 0:
@@ -281,14 +266,3 @@ class S3ConcatenatedReader(io.RawIOBase):
         self.bytes_fetched += len(data)
         return data
 
-    def _part_at(self, position: int) -> int:
-        low, high = 0, len(self._starts) - 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self._starts[middle] <= position:
-                low = middle
-            else:
-                high = middle - 1
-        while self._parts[low][1] == 0 and low + 1 < len(self._parts):
-            low += 1
-        return low
