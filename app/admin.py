@@ -150,7 +150,7 @@ def janitor_run() -> None:
     """Expire idle sessions, remove orphan staging files, abort orphan multipart uploads.
     The same pass the service runs every JANITOR_INTERVAL_SECONDS; prints a JSON report."""
     report = asyncio.run(_janitor_pass())
-    typer.echo(json.dumps(report.as_dict()))
+    typer.echo(json.dumps(report.as_dict(), allow_nan=False))
 
 
 def main() -> None:

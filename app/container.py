@@ -16,12 +16,17 @@ from app.notify.outbox import SqlOutbox
 from app.notify.wiring import build_notifier
 from app.settings import Settings
 from app.storage.database import create_engine, migrate
+from app.storage.leases import SqlLeaseStore
 from app.storage.parts_store import SqlPartStore
+from app.storage.resumable import SqlResumableRecords, SqlUploadLocks
 from app.storage.s3 import S3MultipartStore
 from app.storage.sql_store import SqlSessionStore
 from app.storage.staging import DiskStaging
-from app.storage.stats import count_sessions_by_state, staging_bytes
+from app.storage.staging_s3 import S3Staging
+from app.storage.stats import SessionStateCounts, staging_bytes
+from app.uploads import buffer_budget
 from app.uploads.audio import AudioFacts, inspect_audio, sniff_head
+from app.uploads.quota import StagedBytesQuota
 from app.uploads.service import AudioInspector, HeadSniffer, UploadPolicy, UploadService
 
 
@@ -30,7 +35,7 @@ class Container:
     settings: Settings
     engine: AsyncEngine
     store: SqlSessionStore
-    staging: DiskStaging
+    staging: DiskStaging | S3Staging
     objects: S3MultipartStore
     uploads: UploadService
     verifier: TokenVerifier
@@ -39,6 +44,15 @@ class Container:
     # --- main-service notification (None when MAIN_SERVICE_NOTIFY_URL is unset)
     outbox: SqlOutbox | None = None
     notifier: OutboxNotifier | None = None
+    # --- per-user staging quota (None when MAX_STAGED_BYTES_PER_USER is 0)
+    quota: StagedBytesQuota | None = None
+    # --- the resumable front doors (tus, IETF): protocol records, one writer per upload
+    resumable_records: SqlResumableRecords = field(init=False)
+    upload_locks: SqlUploadLocks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.resumable_records = SqlResumableRecords(self.engine)
+        self.upload_locks = SqlUploadLocks(SqlLeaseStore(self.engine))
 
     async def close(self) -> None:
         await self.stack.aclose()
@@ -100,12 +114,15 @@ async def build_container(
     metrics = metrics or Metrics()
     stack = AsyncExitStack()
     try:
-        staging = DiskStaging(
+        disk = DiskStaging(
             settings.local_temp_chunk_path,
             fsync=settings.staging_fsync,
             max_bytes=settings.staging_max_bytes,
+            min_free_bytes=settings.staging_min_free_bytes,
         )
-        staging.prepare()
+        disk.prepare()
+        stack.push_async_callback(verifier.close)  # a JWKS fetch in flight
+        buffer_budget.configure(settings.part_buffer_budget_bytes)
         engine = create_engine(settings.resolved_database_url, schema=settings.database_schema)
         stack.push_async_callback(engine.dispose)
         if settings.auto_migrate:
@@ -113,6 +130,15 @@ async def build_container(
         objects = S3MultipartStore(settings, on_error=metrics.count_s3_error)
         await objects.open()
         stack.push_async_callback(objects.close)
+        staging: DiskStaging | S3Staging = disk
+        if settings.staging_backend == "s3":
+            staging = S3Staging(
+                objects,
+                disk,
+                bucket=settings.s3_staging_bucket or settings.s3_bucket_name,
+                prefix=settings.s3_staging_prefix,
+            )
+            await staging.open()
         store = SqlSessionStore(engine)
         notifier = await build_notifier(settings, engine, stack, start_loop=background_loops)
         uploads = UploadService(
@@ -124,6 +150,7 @@ async def build_container(
             sniff_head=head_sniffer(settings),
             notifier=notifier,
             parts=SqlPartStore(engine),
+            leases=SqlLeaseStore(engine),
         )
         if uploads.eager is not None:
             stack.push_async_callback(uploads.eager.close)
@@ -142,6 +169,11 @@ async def build_container(
         outbox=SqlOutbox(engine),
         notifier=notifier,
         metrics=metrics,
+        quota=(
+            StagedBytesQuota(store.staged_bytes_of, settings.max_staged_bytes_per_user)
+            if settings.max_staged_bytes_per_user
+            else None
+        ),
     )
     register_gauges(container)
     return container
@@ -152,8 +184,10 @@ def register_gauges(container: Container) -> None:
     notification outbox) add theirs with `container.metrics.add_gauge_provider`."""
     metrics, engine, staging = container.metrics, container.engine, container.staging
 
+    state_counts = SessionStateCounts(engine)
+
     async def sessions() -> dict[tuple[str, ...], float]:
-        counts = await count_sessions_by_state(engine)
+        counts = await state_counts.counts()
         return {(state.value,): float(count) for state, count in counts.items()}
 
     async def staged() -> dict[tuple[str, ...], float]:

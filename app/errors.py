@@ -136,6 +136,13 @@ class StagingFull(ServiceError):
     default_message = "Staging storage is full; retry later."
 
 
+class StagingQuotaExceeded(ServiceError):
+    code, status = "staging_quota_exceeded", 507
+    default_message = (
+        "This user has too many bytes staged; complete or abort an upload to free space."
+    )
+
+
 class InternalError(ServiceError):
     code, status = "internal_error", 500
     default_message = "An internal error occurred."
@@ -154,3 +161,41 @@ class MalformedBody(ServiceError):
 class AuthUnavailable(ServiceError):
     code, status = "auth_unavailable", 503
     default_message = "The signing keys could not be fetched; retry later."
+
+
+# --- the resumable front doors (tus 1.0, IETF resumable uploads) -----------------------
+
+
+class OffsetMismatch(ServiceError):
+    code, status = "offset_mismatch", 409
+    default_message = "Upload-Offset does not match the upload's current offset."
+
+
+class UploadLocked(ServiceError):
+    code, status = "upload_locked", 423
+    default_message = "Another request is writing to this upload; retry shortly."
+
+
+class UploadChecksumMismatch(ServiceError):
+    code, status = "upload_checksum_mismatch", 460
+    default_message = "Upload-Checksum does not match the request body; it was discarded."
+
+
+class UnsupportedProtocolVersion(ServiceError):
+    code, status = "unsupported_protocol_version", 412
+    default_message = "This protocol version is not supported."
+
+
+class InvalidUploadHeader(ServiceError):
+    code, status = "invalid_upload_header", 400
+    default_message = "An upload header is missing or invalid."
+
+
+class UnsupportedMediaType(ServiceError):
+    code, status = "unsupported_media_type", 415
+    default_message = "The request body has the wrong Content-Type."
+
+
+class UploadLengthExceeded(ServiceError):
+    code, status = "upload_length_exceeded", 413
+    default_message = "The data goes past the upload's declared length."

@@ -10,6 +10,13 @@
   and temp files under `incoming/` (a crash mid-chunk).
 * `abort_orphan_multipart_uploads` aborts multipart uploads under the service's prefix
   that no open session names (a crash mid-complete).
+* Completed sessions keep only their row (chunk and part rows go at completion); rows
+  untouched for `COMPLETED_RETENTION_SECONDS` are purged (0 keeps them), after which a
+  repeated `complete` or `GET` answers 404.
+
+With `STAGING_BACKEND=s3` the same passes list and delete staged objects (the staging
+backend lists sessions by key prefix), and run on every replica at once: each step is
+idempotent, so replicas racing over one session only repeat a delete.
 
 Invariants: every state change is a guarded SQL update, and every delete or abort is
 idempotent, so several replicas may run passes at once. Anything that could belong to
@@ -59,7 +66,13 @@ class JanitorStore(Protocol):
 
     async def open_multipart_upload_ids(self) -> set[str]: ...
 
-    async def purge_closed_sessions(self, *, updated_before: datetime, limit: int) -> int: ...
+    async def purge_closed_sessions(
+        self,
+        *,
+        updated_before: datetime,
+        limit: int,
+        completed_updated_before: datetime | None = None,
+    ) -> int: ...
 
 
 class JanitorStaging(Protocol):
@@ -110,9 +123,11 @@ async def sweep_expired(
     retention_seconds: float,
     report: JanitorReport | None = None,
     forget: Callable[[str], None] | None = None,
+    completed_retention_seconds: float = 0,
 ) -> JanitorReport:
     """`forget`: told each expired session's id, so in-memory state kept for it (eager
-    flush's) goes with it."""
+    flush's) goes with it. `completed_retention_seconds`: completed sessions untouched
+    that long are purged too (0: kept)."""
     report = report or JanitorReport()
     lease_lapsed_before = now - timedelta(seconds=grace_seconds)
     for _ in range(MAX_BATCHES_PER_PASS):
@@ -143,8 +158,17 @@ async def sweep_expired(
         if len(stale) < BATCH_SIZE:
             break
     updated_before = now - timedelta(seconds=retention_seconds)
+    completed_before = (
+        now - timedelta(seconds=completed_retention_seconds)
+        if completed_retention_seconds > 0
+        else None
+    )
     for _ in range(MAX_BATCHES_PER_PASS):
-        purged = await store.purge_closed_sessions(updated_before=updated_before, limit=BATCH_SIZE)
+        purged = await store.purge_closed_sessions(
+            updated_before=updated_before,
+            limit=BATCH_SIZE,
+            completed_updated_before=completed_before,
+        )
         report.purged_sessions += purged
         if purged < BATCH_SIZE:
             break
@@ -238,6 +262,7 @@ async def run_pass(container: Container, *, now: datetime | None = None) -> Jani
         now=now,
         grace_seconds=settings.orphan_grace_seconds,
         retention_seconds=settings.expired_retention_seconds,
+        completed_retention_seconds=settings.completed_retention_seconds,
         forget=container.uploads.eager.forget if container.uploads.eager is not None else None,
     )
     await remove_orphan_staging(

@@ -25,3 +25,6 @@ def configure_logging(level: str) -> None:
     # Our `http.request` event (app.metrics) is the access log; uvicorn's own plain-text
     # access lines would only repeat it without route, request id or session id.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # Alembic announces each of its autogenerate plugins at INFO on every migration; the
+    # revisions it applies ("Running upgrade ...") stay visible.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

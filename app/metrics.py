@@ -4,11 +4,15 @@ Invariants:
 * every app owns its `CollectorRegistry` (never the process-global one), so tests and
   tools can build several apps in one process;
 * labels are bounded: requests are labelled by route *template* (`/upload/{upload_session_id}`),
-  never by raw path; unmatched paths share the label `unmatched`;
+  never by raw path; unmatched paths share the label `unmatched`; methods outside
+  KNOWN_METHODS share the label `other` (a client picks the method, and each new label
+  value would be a new series kept for the life of the process);
 * gauges that live in the database or on disk (sessions by state, staging bytes, and
   whatever else registers a provider, e.g. the notification outbox) are read at scrape
   time by async "gauge providers", each under a deadline, and served from that snapshot;
   a provider that fails or times out is left out of the scrape and counted, never fatal;
+  one snapshot serves every scrape for `cache_seconds`, and is taken by one scrape at a
+  time (app.single_flight): a flood of /metrics costs what one scrape costs;
 * `ObservedRequestsMiddleware` is plain ASGI: it counts request-body bytes as they pass
   through `receive` and never buffers a body, so streamed chunks stay streamed.
 """
@@ -27,6 +31,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.single_flight import SingleFlight
+
 access_log = structlog.get_logger("app.access")
 log = structlog.get_logger(__name__)
 
@@ -38,6 +44,9 @@ GaugeProvider = Callable[[], Awaitable[GaugeValues]]
 PROVIDER_TIMEOUT_SECONDS = 5.0
 UNMATCHED_ROUTE = "unmatched"
 QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER_METHOD = "other"
+DEFAULT_CACHE_SECONDS = 5.0
 
 # Chunks of up to 64 MiB over LANs and WANs: from milliseconds to minutes.
 CHUNK_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -56,8 +65,14 @@ class _GaugeSpec:
 class Metrics:
     """The service's metrics, in a registry of their own."""
 
-    def __init__(self, *, provider_timeout_seconds: float = PROVIDER_TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        provider_timeout_seconds: float = PROVIDER_TIMEOUT_SECONDS,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+    ) -> None:
         self.provider_timeout_seconds = provider_timeout_seconds
+        self.snapshots = SingleFlight(self.refresh, ttl_seconds=cache_seconds)
         self.registry = CollectorRegistry()
         registry = self.registry
         self.requests = Counter(
@@ -139,6 +154,10 @@ class Metrics:
             snapshot[spec.name] = result
         self._snapshot = snapshot
 
+    async def refresh_cached(self) -> None:
+        """`refresh`, at most once per `cache_seconds`, one at a time (what scrapes call)."""
+        await self.snapshots.get()
+
     def gauge_families(self) -> list[Metric]:
         families: list[Metric] = []
         for name, values in self._snapshot.items():
@@ -217,7 +236,7 @@ class ObservedRequestsMiddleware:
         finally:
             duration_seconds = time.perf_counter() - started
             route = route_template(scope)
-            method = str(scope.get("method", ""))
+            method = method_label(str(scope.get("method", "")))
             if self.metrics is not None:
                 self.metrics.observe_request(
                     method=method,
@@ -241,6 +260,11 @@ class ObservedRequestsMiddleware:
                 client_ip=client[0] if client else None,
                 scheme=scope.get("scheme"),
             )
+
+
+def method_label(method: str) -> str:
+    """The request's method as a bounded label (also what the access log shows)."""
+    return method if method in KNOWN_METHODS else OTHER_METHOD
 
 
 def route_template(scope: Scope) -> str:

@@ -7,8 +7,10 @@ or invalid setting stops start-up with one line that names it (see `load_setting
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,11 +41,19 @@ class Settings(BaseSettings):
         description="PEM public key of the main service (literal newlines or \\n escapes).",
     )
     main_service_jwks_url: str | None = Field(
-        default=None, description="JWKS URL; tokens pick their key by `kid`."
+        default=None,
+        description="JWKS URL (https://; http:// only to a loopback host); tokens pick "
+        "their key by `kid`.",
     )
     jwks_cache_seconds: float = Field(default=300, ge=0, description="JWKS document cache")
     jwks_refresh_cooldown_seconds: float = Field(
         default=30, ge=0, description="least time between refetches caused by unknown kids"
+    )
+    jwks_stale_if_error_seconds: float = Field(
+        default=3600,
+        ge=0,
+        description="how long past JWKS_CACHE_SECONDS the last good key set is still used "
+        "while the JWKS endpoint fails",
     )
     jwt_algorithm: str = "RS256"
     expected_jwt_issuer: str
@@ -66,6 +76,11 @@ class Settings(BaseSettings):
     s3_public_base_url: str | None = None
     s3_part_size_bytes: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * GiB)
     s3_max_concurrency: int = Field(default=4, ge=1, le=64)
+    part_buffer_budget_bytes: int = Field(
+        default=256 * MiB,
+        ge=5 * MiB,
+        description="bytes of part buffers all completions and eager flushes hold together",
+    )
     s3_timeout_seconds: float = Field(default=30.0, gt=0)
     s3_sign_payload: Literal["auto", "always", "never"] = Field(
         default="auto",
@@ -84,6 +99,20 @@ class Settings(BaseSettings):
         description="PostgreSQL only: the schema to keep the tables in.",
     )
     auto_migrate: bool = True
+    staging_backend: Literal["disk", "s3"] = Field(
+        default="disk",
+        description="Where acknowledged chunks live until completion: local disk (one node) "
+        "or S3 objects under S3_STAGING_PREFIX (replicas sharing only the database and the "
+        "bucket; local disk then holds only chunks in flight).",
+    )
+    s3_staging_prefix: str = Field(
+        default="staging/",
+        description="Key prefix of staged chunk objects (STAGING_BACKEND=s3); keep it outside "
+        "S3_KEY_PREFIX so a lifecycle rule can expire it.",
+    )
+    s3_staging_bucket: str | None = Field(
+        default=None, description="Bucket of staged chunks; unset: S3_BUCKET_NAME."
+    )
     staging_fsync: bool = Field(
         default=False,
         description="fsync each chunk before acknowledging it: survives power loss, "
@@ -96,9 +125,11 @@ class Settings(BaseSettings):
     max_chunks: int = Field(default=10_000, ge=1, le=100_000)
     session_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     completion_lease_seconds: int = Field(
-        default=900,
+        default=10,
         ge=1,
-        description="How long a complete may run before another request may take it over.",
+        description="Lease of a session's once-only work (eager flush, complete), shared by "
+        "replicas through the database: renewed every third of it while its holder works; "
+        "a holder that died is replaced once it lapses.",
     )
     allowed_audio_extensions: Annotated[frozenset[str], NoDecode] = Field(
         default_factory=lambda: frozenset(DEFAULT_AUDIO_EXTENSIONS.split(","))
@@ -140,6 +171,12 @@ class Settings(BaseSettings):
         ge=0,
         description="How long expired and aborted session records stay (410, not 404).",
     )
+    completed_retention_seconds: int = Field(
+        default=30 * 24 * 3600,
+        ge=0,
+        description="How long a completed session's record stays (a repeated complete or "
+        "GET answers its result; 404 after). 0 keeps them forever.",
+    )
     max_open_sessions_per_user: int = Field(
         default=100, ge=0, description="uploading or completing sessions per sub; 0: no limit"
     )
@@ -167,6 +204,20 @@ class Settings(BaseSettings):
         "the object carries the full metadata.",
     )
 
+    # --- resumable front doors (issue 14): tus 1.0 and IETF resumable uploads ---------
+    tus_base_path: str = Field(
+        default="/files/",
+        description="Path of the tus endpoint (the IETF draft's too): POST creates, "
+        "uploads live at <path><upload_session_id>.",
+    )
+    upload_lease_seconds: float = Field(
+        default=10,
+        ge=1,
+        le=300,
+        description="Lease of the one request allowed to append to an upload; renewed "
+        "while it runs, so a killed process blocks its uploads for at most this long.",
+    )
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     # --- HTTP edge and observability ------------------------------------------------
@@ -181,6 +232,47 @@ class Settings(BaseSettings):
         "trusted (`*` for any).",
     )
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus /metrics.")
+
+    # --- hostile input at the edge (issue 12) ----------------------------------------
+    json_idle_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        description="An init/complete JSON body that sends nothing this long is cut off (408).",
+    )
+    max_staged_bytes_per_user: int = Field(
+        default=8 * GiB,
+        ge=0,
+        description="bytes staged at once per sub (chunks of open sessions, and chunks "
+        "being received); beyond it a chunk gets 507 staging_quota_exceeded; 0: no limit",
+    )
+    staging_min_free_bytes: int = Field(
+        default=1 * GiB,
+        ge=0,
+        description="free space kept on the staging filesystem (the default SQLite "
+        "database lives there too): a chunk that would eat into it gets 507; 0: none",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="serve /metrics on this port only (for scrapers), not on the API port",
+    )
+    metrics_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - scrapers come from other hosts; firewall the port
+        description="address METRICS_PORT listens on",
+    )
+    metrics_cache_seconds: float = Field(
+        default=5, ge=0, description="how long one /metrics snapshot is served"
+    )
+    ready_cache_seconds: float = Field(
+        default=2, ge=0, description="how long one /readyz verdict is served"
+    )
+
+    # --- browser uploader page (issue 14) -------------------------------------------
+    uploader_page: bool = Field(
+        default=False,
+        description="Serve the Uppy uploader page at /uploader (./scripts/dev turns it on).",
+    )
 
     @field_validator("jwt_algorithm")
     @classmethod
@@ -233,6 +325,14 @@ class Settings(BaseSettings):
             return tuple(origin for origin in origins if origin)
         return value
 
+    @field_validator("tus_base_path")
+    @classmethod
+    def _normalise_tus_path(cls, value: str) -> str:
+        path = "/" + value.strip().strip("/")
+        if path == "/" or path == "/upload" or path.startswith("/upload/"):
+            raise ValueError("must be a path of its own, such as /files/")
+        return path + "/"
+
     @field_validator("s3_key_prefix")
     @classmethod
     def _normalise_prefix(cls, value: str) -> str:
@@ -241,14 +341,45 @@ class Settings(BaseSettings):
             raise ValueError("must not contain '..'")
         return "/".join(parts)
 
+    @field_validator("main_service_jwks_url")
+    @classmethod
+    def _https_jwks(cls, value: str | None) -> str | None:
+        # Keys fetched over plain http can be swapped by anyone on the path, and then any
+        # token they sign verifies; loopback (a sidecar, the tests) cannot be intercepted.
+        if value is None:
+            return None
+        scheme, _, rest = value.partition("://")
+        host = urlsplit(value).hostname or ""
+        if scheme.lower() == "https" and host:
+            return value
+        if scheme.lower() == "http" and rest and _is_loopback(host):
+            return value
+        raise ValueError("must be an https:// URL (http:// only for a loopback host)")
+
+    @field_validator("s3_staging_prefix")
+    @classmethod
+    def _normalise_staging_prefix(cls, value: str) -> str:
+        parts = [part for part in value.strip().split("/") if part not in ("", ".")]
+        if not parts or any(part == ".." for part in parts):
+            raise ValueError("must be a non-empty key prefix without '..'")
+        return "/".join(parts) + "/"
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Settings:
+        if self.staging_backend == "s3" and self.s3_staging_bucket in (None, self.s3_bucket_name):
+            stored = f"{self.s3_key_prefix}/" if self.s3_key_prefix else ""
+            if stored.startswith(self.s3_staging_prefix) or self.s3_staging_prefix.startswith(
+                stored
+            ):
+                raise ValueError("S3_STAGING_PREFIX must lie outside S3_KEY_PREFIX")
         if self.main_service_jwt_public_key is None and not self.main_service_jwks_url:
             raise ValueError("MAIN_SERVICE_JWT_PUBLIC_KEY or MAIN_SERVICE_JWKS_URL must be set")
         if (self.s3_access_key is None) != (self.s3_secret_key is None):
             raise ValueError("S3_ACCESS_KEY and S3_SECRET_KEY must be set together")
         if self.max_chunk_size > self.max_file_size:
             raise ValueError("MAX_CHUNK_SIZE must not exceed MAX_FILE_SIZE")
+        if self.part_buffer_budget_bytes < self.s3_part_size_bytes:
+            raise ValueError("PART_BUFFER_BUDGET_BYTES must hold at least one S3_PART_SIZE_BYTES")
         if self.main_service_notify_url and self.main_service_notify_secret is None:
             raise ValueError(
                 "MAIN_SERVICE_NOTIFY_SECRET must be set when MAIN_SERVICE_NOTIFY_URL is"
@@ -260,6 +391,15 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.local_temp_chunk_path.resolve() / 'uploads.db'}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class SettingsError(SystemExit):

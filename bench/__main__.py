@@ -1,8 +1,9 @@
 """The benchmark suite: `./bench/run` (or `.venv/bin/python -m bench`).
 
 Starts a loopback moto S3 server, the upload service, a bare FastAPI endpoint and
-tus-node-server, drives them with bench.loadgen, and writes medians and ratios to
-bench/results/ (markdown and JSON). See bench/README.md.
+tus-node-server, each as its users run it (bench.servers), drives them with
+bench.loadgen, and writes medians and ratios to bench/results/ (markdown and JSON). See
+bench/README.md.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import re
 import shutil
@@ -29,7 +31,9 @@ from app.dev.keys import KeyPair
 from app.dev.s3server import LocalS3Server
 from bench.loadgen import Connection, MultipartChunk
 from bench.servers import (
-    TUNED_MALLOC,
+    BEFORE_ENV,
+    PRODUCTION_ARGS,
+    UNTUNED_APP,
     Process,
     UploadServiceConfig,
     cpu_description,
@@ -43,7 +47,9 @@ from bench.servers import (
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PHASES = ("ingest", "complete", "rss")
+PHASES = ("ingest", "complete", "rss", "tus")
+# tus uploads need a name and a file id at our service; tus-node gets the same header.
+TUS_METADATA = "filename YmVuY2gud2F2,main_service_file_id Nw=="  # bench.wav, 7
 REQUEST_PATH_APP = "bench.request_path_app:app"
 
 
@@ -112,12 +118,13 @@ class Client:
 
 # ----------------------------------------------------------------------- workloads
 async def ingest_service(
-    port: int, token: str, total_bytes: int, chunk_bytes: int, clients: int
+    port: int, token: str, total_bytes: int, payload: memoryview, clients: int
 ) -> float:
-    """Each client uploads its share of `total_bytes` as one session, chunk after chunk.
+    """Each client uploads its share of `total_bytes` as one session, chunk after chunk
+    (each chunk the same `payload`: real audio, so eager flush, on by default, runs).
     Sessions are opened before and aborted after the timed part."""
     api = Client(port, token)
-    payload = memoryview(bytes(chunk_bytes))
+    chunk_bytes = len(payload)
     per_client = total_bytes // clients // chunk_bytes
     conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
     sessions = [await api.init(conn) for conn in conns]
@@ -135,8 +142,8 @@ async def ingest_service(
     return mb_per_s(per_client * clients * chunk_bytes, elapsed)
 
 
-async def ingest_bare(port: int, total_bytes: int, chunk_bytes: int, clients: int) -> float:
-    payload = memoryview(bytes(chunk_bytes))
+async def ingest_bare(port: int, total_bytes: int, payload: memoryview, clients: int) -> float:
+    chunk_bytes = len(payload)
     per_client = total_bytes // clients // chunk_bytes
     conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
     headers = {"Authorization": "Bearer x", "Content-Type": MultipartChunk.content_type()}
@@ -157,18 +164,36 @@ async def ingest_bare(port: int, total_bytes: int, chunk_bytes: int, clients: in
     return mb_per_s(per_client * clients * chunk_bytes, elapsed)
 
 
-async def ingest_tus(port: int, total_bytes: int, chunk_bytes: int, clients: int) -> float:
-    """One tus upload per client; its chunks are PATCHes in order (tus' own rule)."""
+async def ingest_tus_payload(
+    port: int, total_bytes: int, payload: memoryview, clients: int
+) -> float:
+    """`ingest_tus` with the chunk size of the payload the other servers get."""
+    return await ingest_tus(port, total_bytes, len(payload), clients)
+
+
+async def ingest_tus(
+    port: int,
+    total_bytes: int,
+    chunk_bytes: int,
+    clients: int,
+    *,
+    headers: dict[str, str] | None = None,
+    leave_open: bool = False,
+) -> float:
+    """One tus upload per client; its chunks are PATCHes in order (tus' own rule).
+    `chunk_bytes` 0: one PATCH for the client's whole share (tus-js-client's default).
+    `leave_open`: declare one byte more than is sent, so neither server completes the
+    upload (this is ingest; completion is measured apart), and delete it afterwards."""
+    tus = {"Tus-Resumable": "1.0.0", **(headers or {})}
+    if chunk_bytes == 0:
+        chunk_bytes = total_bytes // clients
     payload = memoryview(bytes(chunk_bytes))
     per_client = total_bytes // clients // chunk_bytes
+    upload_length = per_client * chunk_bytes + (1 if leave_open else 0)
     conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
     locations = []
     for conn in conns:
-        created = await conn.request(
-            "POST",
-            "/files",
-            {"Tus-Resumable": "1.0.0", "Upload-Length": str(per_client * chunk_bytes)},
-        )
+        created = await conn.request("POST", "/files", {**tus, "Upload-Length": str(upload_length)})
         assert created.status == 201, created.body
         location = created.headers["location"]
         locations.append("/" + location.split("/", 3)[-1] if "://" in location else location)
@@ -179,7 +204,7 @@ async def ingest_tus(port: int, total_bytes: int, chunk_bytes: int, clients: int
                 "PATCH",
                 path,
                 {
-                    "Tus-Resumable": "1.0.0",
+                    **tus,
                     "Upload-Offset": str(index * chunk_bytes),
                     "Content-Type": "application/offset+octet-stream",
                 },
@@ -190,7 +215,10 @@ async def ingest_tus(port: int, total_bytes: int, chunk_bytes: int, clients: int
     started = time.perf_counter()
     await asyncio.gather(*(run(c, p) for c, p in zip(conns, locations, strict=True)))
     elapsed = time.perf_counter() - started
-    for conn in conns:
+    for conn, path in zip(conns, locations, strict=True):
+        if leave_open:
+            deleted = await conn.request("DELETE", path, tus)
+            assert deleted.status == 204, deleted.body
         await conn.close()
     return mb_per_s(per_client * clients * chunk_bytes, elapsed)
 
@@ -326,6 +354,7 @@ async def peak_rss(
     stop.set()
     sampler.join()
     peak = service.peak_rss_bytes()
+    idle_after = service.rss_bytes()
     for conn, session_id in zip(conns, sessions, strict=True):
         await api.abort(session_id)
         await conn.close()
@@ -333,6 +362,7 @@ async def peak_rss(
         "baseline_rss_bytes": baseline,
         "peak_rss_bytes": peak,
         "sampled_max_rss_bytes": sampled,
+        "idle_after_rss_bytes": idle_after,
     }
 
 
@@ -383,68 +413,161 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "runs": runs,
         "ingest_bytes": ingest_bytes,
-        "malloc_env": TUNED_MALLOC,
+        "service_command": " ".join(
+            ("uvicorn app.main:app --host 127.0.0.1 --port PORT", *PRODUCTION_ARGS)
+        ),
+        "load_average_at_start": os.getloadavg(),
+        "tus_bytes": args.tus_mib * MiB,
         "ingest": [],
     }
     try:
         tus_dir = install_tus(Path(__file__).resolve().parent / ".tus")
-        config = UploadServiceConfig(keypair, s3, bucket, work_dir, eager_flush=args.ingest_eager)
-        service = start_upload_service(config)
-        path_only = start_upload_service(
-            UploadServiceConfig(
-                keypair, s3, bucket, work_dir, eager_flush=False, asgi_app=REQUEST_PATH_APP
+        # The ingest figures' processes, by column: the service as shipped (eager flush at
+        # its default, on), the same with eager flush off (the chunk path alone, as earlier
+        # runs measured it), optionally the service as shipped before it tuned malloc
+        # (--malloc-ab), its request path without hashing or writing, the bare endpoint
+        # under each server asked for, and tus-node.
+        servers: dict[str, Process] = {}
+        if "ingest" in args.phases:
+            servers["service"] = start_upload_service(
+                UploadServiceConfig(keypair, s3, bucket, work_dir)
             )
-        )
-        bare = start_bare(work_dir)
+            servers["no_eager"] = start_upload_service(
+                UploadServiceConfig(keypair, s3, bucket, work_dir, eager_flush=False)
+            )
+            for name, eager in (("before", None), ("before_no_eager", False)):
+                if args.malloc_ab:
+                    servers[name] = start_upload_service(
+                        UploadServiceConfig(
+                            *(keypair, s3, bucket, work_dir),
+                            eager_flush=eager,
+                            asgi_app=UNTUNED_APP,
+                            extra_env=BEFORE_ENV,
+                        )
+                    )
+            servers["path"] = start_upload_service(
+                UploadServiceConfig(
+                    keypair, s3, bucket, work_dir, eager_flush=False, asgi_app=REQUEST_PATH_APP
+                )
+            )
+            for server in args.bare_servers:
+                servers[f"bare_{server}"] = start_bare(work_dir, server=server)
+            servers["tus"] = start_tus(tus_dir, work_dir / "tus-files")
+        processes += servers.values()
         tus_files = work_dir / "tus-files"
-        tus = start_tus(tus_dir, tus_files)
-        processes += [service, path_only, bare, tus]
 
-        # ---- chunk ingest: service vs bare FastAPI vs tus-node, interleaved per run
+        # ---- chunk ingest: every process above, interleaved per run
         for chunk_mib in args.chunk_mib if "ingest" in args.phases else []:
+            payload = memoryview(wav_file(chunk_mib * MiB))
             for clients in args.clients:
-                names = ("service", "path", "bare", "tus")
-                figures: dict[str, list[float]] = {name: [] for name in names}
-                cpu: dict[str, list[float]] = {name: [] for name in names}
-                chunk_bytes = chunk_mib * MiB
+                figures: dict[str, list[float]] = {name: [] for name in servers}
+                cpu: dict[str, list[float]] = {name: [] for name in servers}
+                faults: dict[str, list[float]] = {name: [] for name in servers}
+                load_before = os.getloadavg()
                 for _ in range(runs):
-                    workloads: list[
-                        tuple[str, Process, Callable[[int, int, int], Awaitable[float]]]
-                    ] = [
-                        ("service", service, partial(ingest_service, service.port, token)),
-                        ("path", path_only, partial(ingest_service, path_only.port, token)),
-                        ("bare", bare, partial(ingest_bare, bare.port)),
-                        ("tus", tus, partial(ingest_tus, tus.port)),
-                    ]
-                    for name, process, ingest in workloads:
+                    for name, process in servers.items():
+                        ingest: Callable[[int, memoryview, int], Awaitable[float]]
+                        if name.startswith("bare_"):
+                            ingest = partial(ingest_bare, process.port)
+                        elif name == "tus":
+                            ingest = partial(ingest_tus_payload, process.port)
+                        else:
+                            ingest = partial(ingest_service, process.port, token)
                         cpu_before = process.cpu_seconds()
-                        figures[name].append(await ingest(ingest_bytes, chunk_bytes, clients))
+                        faults_before = process.minor_faults()
+                        figures[name].append(await ingest(ingest_bytes, payload, clients))
+                        # The CPU of what the chunks started (eager flush's parts) counts,
+                        # and must not run into the next process' figure.
+                        await until_idle(process)
                         cpu[name].append(
                             (process.cpu_seconds() - cpu_before) / (ingest_bytes / GiB)
                         )
+                        faults[name].append(
+                            (process.minor_faults() - faults_before) / (ingest_bytes / 4096)
+                        )
                     clean_dir(tus_files)
-                row = {
+                row: dict[str, Any] = {
                     "chunk_mib": chunk_mib,
                     "clients": clients,
                     **{f"{k}_mb_s": median(v) for k, v in figures.items()},
                     **{f"{k}_cpu_s_per_gib": median(v) for k, v in cpu.items()},
+                    **{f"{k}_faults_per_page": median(v) for k, v in faults.items()},
                     "samples": figures,
                     "cpu_samples": cpu,
+                    "fault_samples": faults,
+                    "load_average_before": load_before,
+                    "load_average_after": os.getloadavg(),
                 }
-                row["service_over_bare"] = row["service_mb_s"] / row["bare_mb_s"]
-                row["service_over_tus"] = row["service_mb_s"] / row["tus_mb_s"]
-                row["path_over_tus"] = row["path_mb_s"] / row["tus_mb_s"]
+                for name in servers:
+                    if name != "tus":
+                        row[f"{name}_over_tus"] = row[f"{name}_mb_s"] / row["tus_mb_s"]
+                bare = f"bare_{args.bare_servers[0]}"
+                row["service_over_bare"] = row["service_mb_s"] / row[f"{bare}_mb_s"]
                 results["ingest"].append(row)
                 print(
-                    f"ingest {chunk_mib:>2} MiB x {clients}:"
-                    f" service {row['service_mb_s']:.0f} MB/s,"
-                    f" request path alone {row['path_mb_s']:.0f},"
-                    f" bare {row['bare_mb_s']:.0f}, tus {row['tus_mb_s']:.0f}"
-                    f" (x{row['service_over_bare']:.2f} bare, x{row['service_over_tus']:.2f} tus)",
+                    f"ingest {chunk_mib:>2} MiB x {clients}: "
+                    + ", ".join(f"{name} {row[f'{name}_mb_s']:.0f}" for name in servers)
+                    + f" MB/s (service x{row['service_over_tus']:.2f} tus,"
+                    f" eager off x{row['no_eager_over_tus']:.2f});"
+                    f" load {load_before[0]:.1f} -> {row['load_average_after'][0]:.1f}",
                     flush=True,
                 )
-        for process in (service, path_only, bare, tus):
+        for process in servers.values():
             process.stop()
+
+        # ---- tus ingest: our tus endpoint (auth, database, SHA-256) vs tus-node's file
+        # store, the same raw-socket tus client, PATCHes of 1 MiB, 8 MiB, the whole file
+        results["tus"] = []
+        if "tus" in args.phases:
+            service = start_upload_service(
+                UploadServiceConfig(keypair, s3, bucket, work_dir)
+            )
+            tus_files = work_dir / "tus-files-2"
+            tus = start_tus(tus_dir, tus_files)
+            processes += [service, tus]
+            ours = {"Authorization": f"Bearer {token}", "Upload-Metadata": TUS_METADATA}
+            for patch_mib in args.tus_patch_mib:
+                for clients in args.tus_clients:
+                    pair = (
+                        ("service", service, ours),
+                        ("tus", tus, {"Upload-Metadata": TUS_METADATA}),
+                    )
+                    figures = {name: [] for name, _, _ in pair}
+                    cpu = {name: [] for name, _, _ in pair}
+                    for _ in range(runs):
+                        for name, process, headers in pair:
+                            cpu_before = process.cpu_seconds()
+                            figures[name].append(
+                                await ingest_tus(
+                                    process.port,
+                                    args.tus_mib * MiB,
+                                    patch_mib * MiB,
+                                    clients,
+                                    headers=headers,
+                                    leave_open=True,
+                                )
+                            )
+                            cpu[name].append(
+                                (process.cpu_seconds() - cpu_before) / (args.tus_mib * MiB / GiB)
+                            )
+                        clean_dir(tus_files)
+                    row = {
+                        "patch_mib": patch_mib,
+                        "clients": clients,
+                        **{f"{k}_mb_s": median(v) for k, v in figures.items()},
+                        **{f"{k}_cpu_s_per_gib": median(v) for k, v in cpu.items()},
+                        "samples": figures,
+                    }
+                    row["service_over_tus"] = row["service_mb_s"] / row["tus_mb_s"]
+                    results["tus"].append(row)
+                    size = f"{patch_mib} MiB" if patch_mib else "whole file"
+                    print(
+                        f"tus PATCH {size} x {clients}: service {row['service_mb_s']:.0f} MB/s,"
+                        f" tus-node {row['tus_mb_s']:.0f} (x{row['service_over_tus']:.2f})",
+                        flush=True,
+                    )
+            service.stop()
+            tus.stop()
 
         # ---- complete latency and end-to-end, eager flush on and off, beside PutObject
         results["complete"] = []
@@ -514,27 +637,37 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # ---- peak RSS of a fresh service at 32 concurrent 16 MiB chunk streams, with the
         # service's default (no eager flush) and with eager flush, which adds part buffers
         results["rss"] = []
-        tunings = (True, False) if not args.quick else (True,)
-        for tuned in tunings if "rss" in args.phases else ():
-            for eager in (False, True):
-                service = start_upload_service(
-                    UploadServiceConfig(
-                        keypair, s3, bucket, work_dir, eager_flush=eager, malloc_tuned=tuned
-                    )
+        variants = [("shipped", False), ("shipped", True)]
+        if args.malloc_ab:
+            variants.append(("before", True))
+        for variant, eager in variants if "rss" in args.phases else ():
+            before = variant == "before"
+            service = start_upload_service(
+                UploadServiceConfig(
+                    keypair,
+                    s3,
+                    bucket,
+                    work_dir,
+                    eager_flush=eager,
+                    asgi_app=UNTUNED_APP if before else "app.main:app",
+                    extra_env=BEFORE_ENV if before else {},
                 )
-                processes.append(service)
-                figures_rss = await peak_rss(
-                    service, token, args.rss_streams, 16 * MiB, args.rss_rounds
-                )
-                service.stop()
-                results["rss"].append({"malloc_tuned": tuned, "eager": eager, **figures_rss})
-                print(
-                    f"peak RSS ({args.rss_streams} x 16 MiB,"
-                    f" malloc {'tuned' if tuned else 'default'}, eager {'on' if eager else 'off'}):"
-                    f" {figures_rss['peak_rss_bytes'] / 1e6:.0f} MB"
-                    f" (baseline {figures_rss['baseline_rss_bytes'] / 1e6:.0f} MB)",
-                    flush=True,
-                )
+            )
+            processes.append(service)
+            figures_rss = await peak_rss(
+                service, token, args.rss_streams, 16 * MiB, args.rss_rounds
+            )
+            service.stop()
+            results["rss"].append({"variant": variant, "eager": eager, **figures_rss})
+            print(
+                f"peak RSS ({args.rss_streams} x 16 MiB, {variant},"
+                f" eager {'on' if eager else 'off'}):"
+                f" {figures_rss['peak_rss_bytes'] / 1e6:.0f} MB"
+                f" (idle before {figures_rss['baseline_rss_bytes'] / 1e6:.0f} MB,"
+                f" after {figures_rss['idle_after_rss_bytes'] / 1e6:.0f} MB)",
+                flush=True,
+            )
+        results["load_average_at_end"] = os.getloadavg()
     finally:
         for process in processes:
             process.stop()
@@ -544,27 +677,77 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+# Ingest columns, by process name; a run has those it started (older results: a dash).
+INGEST_COLUMNS = {
+    "service": "service (as shipped)",
+    "no_eager": "service, eager flush off",
+    "before": "service before (malloc untuned)",
+    "before_no_eager": "service before, eager flush off",
+    "path": "request path alone",
+    "bare_uvicorn": "bare FastAPI, uvicorn",
+    "bare_granian": "bare FastAPI, granian",
+    "bare": "bare FastAPI",
+    "tus": "tus-node",
+}
+
+
 def markdown(results: dict[str, Any]) -> str:
+    load = results.get("load_average_at_start")
     lines = [
         f"Run {results['started_at']} on {results['machine']}, Python {results['python']};"
         f" medians of {results['runs']} runs; ingest of"
-        f" {results['ingest_bytes'] // MiB} MiB per figure; MB = 10^6 bytes.",
+        f" {results['ingest_bytes'] // MiB} MiB per figure; MB = 10^6 bytes."
+        + (f" Service: `{results['service_command']}`." if "service_command" in results else "")
+        + (f" Load average at start {load[0]:.2f}." if load else ""),
         "",
-        "| Chunk ingest | service MB/s | request path alone MB/s | bare FastAPI MB/s"
-        " | tus-node MB/s | service ÷ bare | service ÷ tus | request path alone ÷ tus"
-        " | CPU-s per GiB: service / path alone / bare / tus |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in results["ingest"]:
+    rows = results["ingest"]
+    names = [n for n in INGEST_COLUMNS if rows and f"{n}_mb_s" in rows[0]]
+    ratios = [n for n in names if n not in ("tus", "bare", "bare_uvicorn", "bare_granian")]
+    if rows:
+        lines += [
+            "| Chunk ingest (MB/s) | "
+            + " | ".join(INGEST_COLUMNS[n] for n in names)
+            + " | "
+            + " | ".join(f"{INGEST_COLUMNS[n]} ÷ tus" for n in ratios)
+            + " | service ÷ bare | CPU-s per GiB: "
+            + " / ".join(INGEST_COLUMNS[n] for n in names)
+            + " | minor faults per 4 KiB received: "
+            + " / ".join(INGEST_COLUMNS[n] for n in names)
+            + " | load average (1 min) before, after |",
+            "|---|" + "---:|" * (len(names) + len(ratios) + 4),
+        ]
+    for row in rows:
+        load_figures = (
+            f"{row['load_average_before'][0]:.1f}, {row['load_average_after'][0]:.1f}"
+            if "load_average_before" in row
+            else "-"
+        )
         lines.append(
             f"| {row['chunk_mib']} MiB x {row['clients']} client{'s' if row['clients'] > 1 else ''}"
-            f" | {row['service_mb_s']:.0f} | {_figure(row, 'path_mb_s', '.0f')}"
-            f" | {row['bare_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
-            f" | {row['service_over_bare']:.2f} | {row['service_over_tus']:.2f}"
-            f" | {_figure(row, 'path_over_tus', '.2f')}"
-            f" | {row['service_cpu_s_per_gib']:.2f} / {_figure(row, 'path_cpu_s_per_gib', '.2f')}"
-            f" / {row['bare_cpu_s_per_gib']:.2f} / {row['tus_cpu_s_per_gib']:.2f} |"
+            + "".join(f" | {row[f'{n}_mb_s']:.0f}" for n in names)
+            + "".join(f" | {_figure(row, f'{n}_over_tus', '.2f')}" for n in ratios)
+            + f" | {row['service_over_bare']:.2f} | "
+            + " / ".join(_figure(row, f"{n}_cpu_s_per_gib", ".2f") for n in names)
+            + " | "
+            + " / ".join(_figure(row, f"{n}_faults_per_page", ".2f") for n in names)
+            + f" | {load_figures} |"
         )
+    if results.get("tus"):
+        lines += [
+            "",
+            f"| tus ingest, {results.get('tus_bytes', 0) // MiB} MiB per figure, PATCH size x"
+            " clients | our tus endpoint MB/s | tus-node (file store) MB/s | ours ÷ tus-node"
+            " | CPU-s per GiB: ours / tus-node |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for row in results["tus"]:
+            size = f"{row['patch_mib']} MiB" if row["patch_mib"] else "whole file"
+            lines.append(
+                f"| {size} x {row['clients']} | {row['service_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
+                f" | {row['service_over_tus']:.2f}"
+                f" | {row['service_cpu_s_per_gib']:.2f} / {row['tus_cpu_s_per_gib']:.2f} |"
+            )
     lines += [
         "",
         "| File | complete after last ack, eager | of it: moto's commit / the service's own"
@@ -588,20 +771,25 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| Peak RSS, 32 concurrent 16 MiB chunk streams | eager flush | peak (VmHWM)"
-        " | idle before |",
-        "|---|---|---:|---:|",
+        " | idle before | idle after |",
+        "|---|---|---:|---:|---:|",
     ]
+    labels = {
+        "shipped": "as shipped (malloc tuned by the service)",
+        "before": "before (glibc defaults, MALLOC_ARENA_MAX=2)",
+    }
     for row in results.get("rss", []):
-        label = (
-            "malloc tuned (MALLOC_*_THRESHOLD_ set)"
-            if row["malloc_tuned"]
-            else "glibc default thresholds"
-        )
+        if "variant" in row:
+            label = labels[row["variant"]]
+        else:  # results of runs that set the thresholds from the environment
+            label = "MALLOC_*_THRESHOLD_ set" if row["malloc_tuned"] else "glibc defaults"
         # Results written before eager was a dimension here measured with it on.
         eager = "on (default)" if row.get("eager", True) else "off"
+        after = row.get("idle_after_rss_bytes")
         lines.append(
             f"| {label} | {eager} | {row['peak_rss_bytes'] / 1e6:.0f} MB"
-            f" | {row['baseline_rss_bytes'] / 1e6:.0f} MB |"
+            f" | {row['baseline_rss_bytes'] / 1e6:.0f} MB"
+            f" | {f'{after / 1e6:.0f} MB' if after else '-'} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -622,11 +810,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--complete-clients", type=int, default=8)
     parser.add_argument("--rss-streams", type=int, default=32)
     parser.add_argument("--rss-rounds", type=int, default=4)
+    parser.add_argument("--tus-mib", type=int, default=512, help="bytes per tus figure")
     parser.add_argument(
-        "--ingest-eager",
+        "--tus-patch-mib",
+        type=int,
+        nargs="+",
+        default=[1, 8, 0],
+        help="PATCH sizes of the tus comparison; 0: one PATCH for the whole file",
+    )
+    parser.add_argument("--tus-clients", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--malloc-ab",
         action="store_true",
-        help="keep eager flush on during the ingest figures (off by default: they "
-        "measure the chunk path; S3 work is measured by the complete figures)",
+        help="also run the service as it shipped before it tuned malloc itself (glibc "
+        "defaults, MALLOC_ARENA_MAX=2), beside the shipped one, in ingest and RSS",
+    )
+    parser.add_argument(
+        "--bare-servers",
+        nargs="+",
+        choices=("uvicorn", "granian"),
+        default=["uvicorn"],
+        help="servers to run the bare endpoint under (granian: pip install granian)",
     )
     parser.add_argument(
         "--phases",
@@ -639,6 +843,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.runs, args.ingest_mib, args.chunk_mib = 1, 64, [8]
         args.complete_mib, args.rss_rounds = [32], 1
+        args.tus_mib, args.tus_clients = 64, [1]
     return args
 
 

@@ -1,6 +1,16 @@
 """The processes a benchmark run starts, each on loopback, each stopped by its own pid:
 the upload service and the bare FastAPI endpoint (uvicorn), tus-node-server, and the
-moto S3 server (app.dev.s3server)."""
+moto S3 server (app.dev.s3server).
+
+Each runs as its users would run it, and nothing more: the service with the README's
+production command ("Running in production": `uvicorn app.main:app ... --workers N
+--timeout-graceful-shutdown 30`, one worker here since one process is measured) and only
+the settings a deployment must give it (keys, S3, database, staging); the bare endpoint
+as `uvicorn bench.bare_app:app`; tus-node-server as its README's example. Every child
+gets the bench's environment with any allocator or runtime tuning taken out
+(`MALLOC_*`, `GLIBC_TUNABLES`, `PYTHON*`, `NODE_OPTIONS`, `UV_THREADPOOL_SIZE`), so what
+is measured is what ships: the service tunes malloc itself (`app.main.tune_malloc`).
+"""
 
 from __future__ import annotations
 
@@ -23,13 +33,17 @@ from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server, free
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TUS_DIR = Path(__file__).resolve().parent / "tus"
 
-# perf-notes: with glibc's defaults a streaming server takes ~1 minor fault per 4 KiB
-# received. These values remove them; every run states which it used.
-TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728"}
-# What the README's production notes ask for, so the service is measured as deployed: at
-# most two malloc arenas (part buffers read in worker threads otherwise stay in
-# per-thread arenas; see bench/README.md, Peak RSS).
-SERVICE_ENV = {"MALLOC_ARENA_MAX": "2"}
+# The service's production command (README, "Running in production"), host and port
+# aside. `--workers 1` runs uvicorn in this process (no supervisor), so its pid is the
+# worker's, whose CPU time and RSS are read.
+PRODUCTION_ARGS = ("--workers", "1", "--timeout-graceful-shutdown", "30")
+UVICORN = str(Path(sys.executable).with_name("uvicorn"))
+GRANIAN = str(Path(sys.executable).with_name("granian"))
+# Only the "before" column of `--malloc-ab` sets one: the service as it shipped before it
+# tuned malloc itself (glibc defaults, and the MALLOC_ARENA_MAX=2 its README asked for).
+UNTUNED_APP = "bench.untuned_app:app"
+BEFORE_ENV = {"MALLOC_ARENA_MAX": "2"}
+_TUNING_VARIABLES = ("GLIBC_TUNABLES", "NODE_OPTIONS", "UV_THREADPOOL_SIZE")
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, name: str) -> None:
@@ -45,11 +59,12 @@ def _wait_ready(process: subprocess.Popen[bytes], url: str, name: str) -> None:
     raise RuntimeError(f"{name} did not start in time")
 
 
-def _base_env(malloc_tuned: bool) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    if malloc_tuned:
-        env.update(TUNED_MALLOC)
-    return env
+def _base_env() -> dict[str, str]:
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("MALLOC_", "PYTHON")) and k not in _TUNING_VARIABLES
+    }
 
 
 @dataclass
@@ -78,10 +93,41 @@ class Process:
         return _status_kib(self.pid, "VmRSS") * 1024
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the process so far, all its threads included."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # utime and stime are the 14th and 15th fields of stat(5); `fields` starts at the 3rd.
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User + system CPU time so far of the process and its children (granian serves
+        from worker processes it spawns), all their threads included."""
+        return sum(_cpu_seconds(pid) for pid in (self.pid, *_descendants(self.pid)))
+
+    def minor_faults(self) -> int:
+        """Minor page faults so far of the process and its children: with glibc's default
+        thresholds a streaming server takes about one per 4 KiB received (perf-notes)."""
+        return sum(_stat_field(pid, 7) for pid in (self.pid, *_descendants(self.pid)))
+
+
+def _stat_field(pid: int, index: int) -> int:
+    """Field `index + 3` of stat(5) (after the pid and the command's name)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[index])
+    except FileNotFoundError:
+        return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    # utime and stime are the 14th and 15th fields of stat(5); `fields` starts at the 3rd.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _descendants(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            children += [int(c) for c in (task / "children").read_text().split()]
+    except FileNotFoundError:
+        return []
+    return children + [d for child in children for d in _descendants(child)]
 
 
 def _status_kib(pid: int, field_name: str) -> int:
@@ -97,24 +143,22 @@ class UploadServiceConfig:
     s3: LocalS3Server
     bucket: str
     work_dir: Path
-    eager_flush: bool = True
-    malloc_tuned: bool = True
+    # None: the service's default (on). False only where a figure says so.
+    eager_flush: bool | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     # bench.request_path_app:app measures the same requests without hashing or writing.
     asgi_app: str = "app.main:app"
-    # Where the service's INFO log goes (its completion lines time the S3 commit); none
-    # and it logs warnings only, to nowhere.
+    # Where the service's log goes (stderr, at its default level, as deployed; the
+    # completion lines time the S3 commit); none: a file of its own in work_dir.
     log_path: Path | None = None
 
 
 def start_upload_service(config: UploadServiceConfig) -> Process:
     port = free_port()
     staging = config.work_dir / f"staging-{port}"
-    env = _base_env(config.malloc_tuned)
+    env = _base_env()
     env.update(
         {
-            **SERVICE_ENV,
-            "PYTHONPATH": str(REPO_ROOT),
             "MAIN_SERVICE_JWT_PUBLIC_KEY": config.keypair.public_pem,
             "EXPECTED_JWT_ISSUER": DEV_ISSUER,
             "EXPECTED_JWT_AUDIENCE": DEV_AUDIENCE,
@@ -124,26 +168,30 @@ def start_upload_service(config: UploadServiceConfig) -> Process:
             "S3_SECRET_KEY": DEV_SECRET_KEY,
             "LOCAL_TEMP_CHUNK_PATH": str(staging),
             "DATABASE_URL": f"sqlite+aiosqlite:///{staging / 'uploads.db'}",
-            "EAGER_FLUSH": "true" if config.eager_flush else "false",
-            "LOG_LEVEL": "INFO" if config.log_path else "WARNING",
             **config.extra_env,
         }
     )
-    log = open(config.log_path, "ab") if config.log_path else None  # noqa: SIM115 - the child's
-    try:
+    if config.eager_flush is not None:
+        env["EAGER_FLUSH"] = "true" if config.eager_flush else "false"
+    if config.asgi_app.startswith("bench."):
+        env["PYTHONPATH"] = str(REPO_ROOT)  # the bench's variants of the app
+    log_path = config.log_path or config.work_dir / f"service-{port}.log"
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
             [
-                *(sys.executable, "-m", "uvicorn", config.asgi_app, "--host", "127.0.0.1"),
-                *("--port", str(port), "--no-access-log", "--log-level", "warning"),
+                UVICORN,
+                config.asgi_app,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *PRODUCTION_ARGS,
             ],
             env=env,
             cwd=config.work_dir,
-            stdout=subprocess.DEVNULL,
-            stderr=log or subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
         )
-    finally:
-        if log is not None:
-            log.close()  # the child has its own descriptor
     _wait_ready(process, f"http://127.0.0.1:{port}/healthz", "upload service")
     return Process("service", port, process)
 
@@ -163,22 +211,21 @@ def logged_since(log_path: Path, offset: int, event: str) -> dict[str, Any] | No
     return None
 
 
-def start_bare(work_dir: Path, *, malloc_tuned: bool = True) -> Process:
+def start_bare(work_dir: Path, *, server: str = "uvicorn") -> Process:
+    """`uvicorn bench.bare_app:app`, or the same app under granian (`--bare-servers`), each
+    with its own defaults (uvicorn logs each request; granian does not by default)."""
     port = free_port()
-    env = _base_env(malloc_tuned)
+    env = _base_env()
     env["PYTHONPATH"] = str(REPO_ROOT)
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--host", "127.0.0.1"),
-            *("--port", str(port), "--no-access-log", "--log-level", "warning"),
-        ],
-        env=env,
-        cwd=work_dir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    _wait_ready(process, f"http://127.0.0.1:{port}/docs", "bare FastAPI")
-    return Process("bare", port, process)
+    where = ("--host", "127.0.0.1", "--port", str(port))
+    if server == "granian":
+        command = [GRANIAN, "--interface", "asgi", *where, "bench.bare_app:app"]
+    else:
+        command = [UVICORN, "bench.bare_app:app", *where]
+    with open(work_dir / f"bare-{server}-{port}.log", "ab") as log:
+        process = subprocess.Popen(command, env=env, cwd=work_dir, stdout=log, stderr=log)
+    _wait_ready(process, f"http://127.0.0.1:{port}/docs", f"bare FastAPI ({server})")
+    return Process(f"bare-{server}", port, process)
 
 
 def install_tus(install_dir: Path) -> Path:
@@ -200,6 +247,7 @@ def start_tus(install_dir: Path, files_dir: Path) -> Process:
     files_dir.mkdir(parents=True, exist_ok=True)
     process = subprocess.Popen(
         ["node", str(install_dir / "server.mjs"), str(port), str(files_dir)],
+        env=_base_env(),
         cwd=install_dir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

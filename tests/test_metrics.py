@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.dev.keys import KeyPair
@@ -17,6 +18,12 @@ from tests.conftest import running
 from tests.support import UploadApi, assert_error, split
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+@pytest.fixture
+def settings(settings_factory: Callable[..., Settings]) -> Settings:
+    # Every scrape takes a fresh snapshot here: the tests compare gauges a moment apart.
+    return settings_factory(metrics_cache_seconds=0)
 
 
 async def scrape(client: httpx.AsyncClient) -> Samples:

@@ -3,9 +3,16 @@
 The body is never held whole: python-multipart's push parser hands us pieces as they
 arrive, and the `chunk` part's bytes go to a ChunkWriter (which hashes and writes them
 in a worker thread). Parts may come in any order; when `upload_session_id` precedes the
-chunk, the session is checked before any chunk byte is stored. On any failure the
-partial file is removed, including a body that stalls longer than the idle timeout and
-a request cancelled by shutdown.
+chunk, the session is checked before any chunk byte is stored, and when it follows, as
+soon as that field ends. On any failure the partial file is removed, including a body
+that stalls longer than the idle timeout and a request cancelled by shutdown.
+
+Caps against hostile forms (issue 12), enforced while the bytes arrive, whatever the
+transfer encoding: at most MAX_FIELDS non-file parts, MAX_FIELD_BYTES per field value and
+MAX_FIELDS_TOTAL_BYTES for all of them, MAX_PART_HEADER_BYTES of headers per part, and
+`max_body_bytes` for the whole body (preamble and epilogue included). A known field sent
+twice is refused rather than silently overwritten. Crossing a cap stops reading at once:
+the form's cost is bounded by the caps, not by what the client sends.
 """
 
 from __future__ import annotations
@@ -18,12 +25,22 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from app.errors import ClientDisconnected, MalformedBody, RequestIdleTimeout, ValidationFailed
+from app.errors import (
+    ClientDisconnected,
+    MalformedBody,
+    RequestIdleTimeout,
+    RequestTooLarge,
+    ValidationFailed,
+)
 from app.uploads.models import StagedFile
 from app.uploads.ports import ChunkWriter
 
 FILE_FIELD = "chunk"
+KNOWN_FIELDS = frozenset({"upload_session_id", "chunk_index", "chunk_sha256"})
+MAX_FIELDS = 8
 MAX_FIELD_BYTES = 1024
+MAX_FIELDS_TOTAL_BYTES = 4096
+MAX_PART_HEADER_BYTES = 2048
 
 
 @dataclass
@@ -45,6 +62,7 @@ async def read_chunk_form(
     on_session_id: Callable[[str], Awaitable[None]],
     *,
     idle_timeout_seconds: float | None = None,
+    max_body_bytes: int | None = None,
 ) -> ChunkForm:
     content_type, options = parse_options_header(request.headers.get("content-type"))
     boundary = options.get(b"boundary")
@@ -57,11 +75,26 @@ async def read_chunk_form(
     header_name = bytearray()
     header_value = bytearray()
     headers: dict[bytes, bytes] = {}
+    header_bytes = 0
+    parts_seen = 0
+
+    # The caps on parts and headers are checked in the callbacks, inside parser.write():
+    # one piece of body can hold thousands of tiny parts.
+    def count_header_bytes(size: int) -> None:
+        nonlocal header_bytes
+        header_bytes += size
+        if header_bytes > MAX_PART_HEADER_BYTES:
+            raise ValidationFailed(
+                "A form part's headers are too long.",
+                details={"max_part_header_bytes": MAX_PART_HEADER_BYTES},
+            )
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
+        count_header_bytes(end - start)
         header_name.extend(data[start:end])
 
     def on_header_value(data: bytes, start: int, end: int) -> None:
+        count_header_bytes(end - start)
         header_value.extend(data[start:end])
 
     def on_header_end() -> None:
@@ -70,8 +103,17 @@ async def read_chunk_form(
         header_value.clear()
 
     def on_headers_finished() -> None:
-        events.append(("headers", _field_name(headers)))
+        nonlocal header_bytes, parts_seen
+        name = _field_name(headers)
         headers.clear()
+        header_bytes = 0
+        parts_seen += 1
+        if parts_seen > MAX_FIELDS + 1:  # the fields and one chunk part
+            raise ValidationFailed(
+                f"The form has too many fields (at most {MAX_FIELDS} besides the chunk).",
+                details={"max_fields": MAX_FIELDS},
+            )
+        events.append(("headers", name))
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
         events.append(("data", memoryview(data)[start:end]))
@@ -94,10 +136,18 @@ async def read_chunk_form(
     form = ChunkForm()
     part = _Part()
     writers: list[ChunkWriter] = []
+    body_bytes = 0
+    field_bytes = 0
     try:
-        async for piece in _with_idle_timeout(request.stream(), idle_timeout_seconds):
+        async for piece in with_idle_timeout(request.stream(), idle_timeout_seconds):
             if not piece:
                 continue
+            body_bytes += len(piece)
+            if max_body_bytes is not None and body_bytes > max_body_bytes:
+                raise RequestTooLarge(
+                    "The request body is larger than a chunk and its form fields.",
+                    details={"max_body_bytes": max_body_bytes},
+                )
             if not isinstance(piece, bytes):
                 # The writer keeps views of the pieces until they are on disk.
                 piece = bytes(piece)
@@ -121,13 +171,31 @@ async def read_chunk_form(
                         await part.writer.write(data)
                     else:
                         part.value.extend(data)
+                        field_bytes += len(data)
                         if len(part.value) > MAX_FIELD_BYTES:
-                            raise ValidationFailed(f"Form field {part.name!r} is too long.")
+                            raise ValidationFailed(
+                                f"Form field {_shown(part.name)} is too long.",
+                                details={"max_field_bytes": MAX_FIELD_BYTES},
+                            )
+                        if field_bytes > MAX_FIELDS_TOTAL_BYTES:
+                            raise ValidationFailed(
+                                "The form fields are too long together.",
+                                details={"max_fields_total_bytes": MAX_FIELDS_TOTAL_BYTES},
+                            )
                 elif kind == "end":
                     if part.writer is not None:
                         form.staged = await part.writer.finish()
                     elif part.name:
-                        form.fields[part.name] = part.value.decode("utf-8", "replace").strip()
+                        if part.name in KNOWN_FIELDS and part.name in form.fields:
+                            raise ValidationFailed(
+                                f"Form field {_shown(part.name)} is given more than once."
+                            )
+                        value = part.value.decode("utf-8", "replace").strip()
+                        form.fields[part.name] = value
+                        if part.name == "upload_session_id" and writers:
+                            # The chunk came first: drop it now if the session is not
+                            # the caller's, rather than after the rest of the body.
+                            await on_session_id(value)
                     part = _Part()
             events.clear()
         parser.finalize()
@@ -142,7 +210,7 @@ async def read_chunk_form(
     return form
 
 
-async def _with_idle_timeout(
+async def with_idle_timeout(
     pieces: AsyncIterator[bytes], idle_timeout_seconds: float | None
 ) -> AsyncIterator[bytes]:
     """The body's pieces; a wait longer than the timeout for the next one ends it.
@@ -194,6 +262,11 @@ async def _discard(writers: list[ChunkWriter], form: ChunkForm) -> None:
     for writer in writers:
         await writer.discard()
     form.staged = None
+
+
+def _shown(name: str) -> str:
+    """A field name as quoted back in a message: bounded, printable."""
+    return repr(name[:40])
 
 
 def _field_name(headers: dict[bytes, bytes]) -> str:

@@ -18,14 +18,25 @@ from app.errors import RequestTooLarge
 
 class BodySizeLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, *, max_body_bytes: int, streamed_paths: frozenset[str]
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        streamed_paths: frozenset[str],
+        streamed_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.streamed_paths = streamed_paths
+        self.streamed_prefixes = streamed_prefixes
+
+    def _streamed(self, path: str) -> bool:
+        return path in self.streamed_paths or any(
+            path == prefix or path.startswith(prefix + "/") for prefix in self.streamed_prefixes
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.streamed_paths:
+        if scope["type"] != "http" or self._streamed(scope["path"]):
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes

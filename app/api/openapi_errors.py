@@ -37,6 +37,7 @@ from app.errors import (
     SessionNotFound,
     SizeMismatch,
     StagingFull,
+    StagingQuotaExceeded,
     StorageUnavailable,
     TooManyOpenSessions,
     UnsupportedAudio,
@@ -55,7 +56,9 @@ AUTHENTICATED: tuple[type[ServiceError], ...] = (
 )
 
 # JSON bodies over MAX_JSON_BODY_BYTES are refused before they are parsed.
-JSON_BODY = (RequestTooLarge, MalformedBody)
+# JSON bodies over MAX_JSON_BODY_BYTES are refused before they are parsed; a body that
+# stalls past JSON_IDLE_TIMEOUT_SECONDS is cut off.
+JSON_BODY = (RequestTooLarge, MalformedBody, RequestIdleTimeout, ClientDisconnected)
 INIT_ERRORS: tuple[type[ServiceError], ...] = (
     *AUTHENTICATED,
     *JSON_BODY,
@@ -74,7 +77,9 @@ CHUNK_ERRORS: tuple[type[ServiceError], ...] = (
     MalformedBody,
     ClientDisconnected,
     RequestIdleTimeout,
+    RequestTooLarge,
     StagingFull,
+    StagingQuotaExceeded,
 )
 COMPLETE_ERRORS: tuple[type[ServiceError], ...] = (
     *AUTHENTICATED,

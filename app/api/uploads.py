@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Request
 from app.api.chunk_form import read_chunk_form
 from app.api.deps import AppContainer, CurrentPrincipal, Uploads
 from app.api.envelope import success
+from app.api.json_body import json_request_body, read_json_body
 from app.api.openapi_errors import (
     ABORT_ERRORS,
     CHUNK_ERRORS,
@@ -27,12 +29,27 @@ router = APIRouter(prefix="/upload", tags=["upload"])
 
 MESSAGE_NOTIFIED = "File upload completed and main service notified."
 MESSAGE_QUEUED = "File upload completed; main service notification queued."
+# Without MAIN_SERVICE_NOTIFY_URL nobody is told: the seed's message would be untrue.
+MESSAGE_STORED = "File upload completed."
 # A multipart envelope around a chunk is a few hundred bytes; allow generous slack.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+# Nine digits is past any MAX_CHUNKS; longer is refused before int() reads it.
+_ASCII_INDEX = re.compile(r"[0-9]{1,9}")
 
 
-@router.post("/init", response_model=Envelope, responses=error_responses(*INIT_ERRORS))
-async def init_upload(body: InitBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+@router.post(
+    "/init",
+    response_model=Envelope,
+    responses=error_responses(*INIT_ERRORS),
+    openapi_extra=json_request_body(InitBody),
+)
+async def init_upload(
+    request: Request, principal: CurrentPrincipal, uploads: Uploads, container: AppContainer
+) -> Any:
+    # The token is checked (a dependency) before a byte of the body is read.
+    body = await read_json_body(
+        request, InitBody, idle_timeout_seconds=container.settings.json_idle_timeout_seconds
+    )
     session = await uploads.init(principal, InitRequest(**body.model_dump()))
     return success(
         "Upload session initialized.",
@@ -82,11 +99,17 @@ async def upload_chunk(
         _bind_session(session_id)
         checked.append(await uploads.check_can_receive(principal, _session_id(session_id)))
 
+    # Every byte counts against the caller's staging quota as it arrives, even a chunk
+    # sent before the field that names its session.
+    new_writer = uploads.new_chunk_writer
+    if container.quota is not None:
+        new_writer = await container.quota.writer_factory(principal.sub, new_writer)
     form = await read_chunk_form(
         request,
-        uploads.new_chunk_writer,
+        new_writer,
         check_session,
         idle_timeout_seconds=container.settings.chunk_idle_timeout_seconds,
+        max_body_bytes=limit,
     )
     staged = form.staged
     try:
@@ -121,8 +144,18 @@ async def upload_chunk(
     )
 
 
-@router.post("/complete", response_model=Envelope, responses=error_responses(*COMPLETE_ERRORS))
-async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploads: Uploads) -> Any:
+@router.post(
+    "/complete",
+    response_model=Envelope,
+    responses=error_responses(*COMPLETE_ERRORS),
+    openapi_extra=json_request_body(CompleteBody),
+)
+async def complete_upload(
+    request: Request, principal: CurrentPrincipal, uploads: Uploads, container: AppContainer
+) -> Any:
+    body = await read_json_body(
+        request, CompleteBody, idle_timeout_seconds=container.settings.json_idle_timeout_seconds
+    )
     _bind_session(str(body.upload_session_id))
     outcome = await uploads.complete(
         principal,
@@ -133,6 +166,8 @@ async def complete_upload(body: CompleteBody, principal: CurrentPrincipal, uploa
             sha256=body.sha256,
         ),
     )
+    if outcome.notified is None:
+        return success(MESSAGE_STORED, outcome.result)
     return success(MESSAGE_NOTIFIED if outcome.notified else MESSAGE_QUEUED, outcome.result)
 
 
@@ -187,7 +222,10 @@ def _bind_session(session_id: str) -> str:
 
 
 def _session_id(value: str) -> str:
+    # uuid.UUID would take other scripts' digits (int() does); ids are ASCII.
     try:
+        if not value.isascii():
+            raise ValueError(value)
         return str(uuid.UUID(value))
     except ValueError:
         raise ValidationFailed("upload_session_id must be a UUID.") from None
@@ -201,8 +239,13 @@ def _session_id_or_404(value: str) -> str:
 
 
 def _chunk_index(value: str) -> int:
-    if not value.isdigit():
-        raise ValidationFailed("chunk_index must be a non-negative integer.")
+    # ASCII digits only: str.isdigit() also takes superscript two, U+00B2 (which int()
+    # refuses: a 500), and other scripts' digits, U+0661, U+FF11 (which int() reads).
+    if not _ASCII_INDEX.fullmatch(value):
+        raise ValidationFailed(
+            "chunk_index must be a non-negative integer written in ASCII digits.",
+            details={"chunk_index": value[:40]},
+        )
     return int(value)
 
 

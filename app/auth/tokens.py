@@ -71,6 +71,9 @@ class TokenVerifier:
             ttl_seconds=VERIFIED_TOKEN_TTL_SECONDS, capacity=VERIFIED_TOKEN_CAPACITY, clock=clock
         )
 
+    async def close(self) -> None:
+        await self._keys.close()
+
     async def verify(self, token: str) -> Principal:
         remembered = self._verified.get(token)
         if remembered is not None:

@@ -32,7 +32,13 @@ from rich.progress import (
 
 from app.client.errors import UploadError, UploadInterrupted, UsageError
 from app.client.retry import RetryPolicy
-from app.client.uploader import DEFAULT_BASE_URL, DEFAULT_PARALLEL, UploadResult, upload_file
+from app.client.uploader import (
+    DEFAULT_BASE_URL,
+    DEFAULT_PARALLEL,
+    UploadResult,
+    plain_http_warning,
+    upload_file,
+)
 from app.client.uploader import Progress as UploadProgress
 
 TOKEN_ENV = "AUDIO_UPLOAD_TOKEN"  # noqa: S105 - the variable's name, not a token
@@ -149,10 +155,20 @@ def run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the result (or the error) as JSON.")
     ] = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure", help="Allow sending the token over plain http to a non-loopback host."
+        ),
+    ] = False,
 ) -> None:
     """Upload FILE to the audio upload service in parallel chunks, resumably."""
     err = Console(stderr=True, highlight=False)
     try:
+        # Checked before the token is even read; shown even with --quiet.
+        insecure_warning = plain_http_warning(url, allow_insecure=insecure)
+        if insecure_warning is not None:
+            err.print(f"[yellow]{escape(insecure_warning)}[/]", soft_wrap=True)
         start = functools.partial(
             upload_file,
             file,
@@ -165,6 +181,7 @@ def run(
             retry=RetryPolicy(max_attempts=retries),
             file_name=name,
             restart=restart,
+            allow_insecure=insecure,
         )
         # --json keeps stdout for the result; notices still go to stderr unless --quiet.
         result = _upload(err, start, file.name, bar=not (quiet or as_json), notices=not quiet)

@@ -15,6 +15,7 @@ crash mid-write leaves the previous record intact. The default directory is per 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -132,12 +133,24 @@ class StateStore:
             yield
             return
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(self.directory / f"{identity.key}.lock", "a") as handle:
+        path = self.directory / f"{identity.key}.lock"
+        # O_NOFOLLOW: a symlink planted at the lock's name (another user, in a shared
+        # state directory) must not make us create or open a file elsewhere.
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UsageError(
+                    f"The lock file {path} is a symbolic link; refusing to follow it."
+                ) from None
+            raise UsageError(f"Cannot open the lock file {path}: {error.strerror}") from None
+        with os.fdopen(fd, "r+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise UsageError(
-                    f"Another upload of this file to this service is running (lock {handle.name})."
+                    f"Another upload of this file to this service is running (lock {path})."
                 ) from None
             try:
                 yield

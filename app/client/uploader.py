@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -87,6 +88,31 @@ ProgressCallback = Callable[[Progress], None]
 NoticeCallback = Callable[[str], None]
 
 
+def plain_http_warning(base_url: str, *, allow_insecure: bool) -> str | None:
+    """The token is a bearer credential: over plain http anyone on the path can replay it.
+    Loopback is fine (development); any other host needs https, or `allow_insecure`
+    (`--insecure`), and then this returns the warning to show. Raises UsageError when
+    refused, before anything is sent."""
+    url = httpx.URL(base_url)
+    if url.scheme != "http" or _is_loopback(url.host):
+        return None
+    if not allow_insecure:
+        raise UsageError(
+            f"Refusing to send the token over plain http to {url.host}: use https://, "
+            "or pass --insecure if this network is trusted."
+        )
+    return f"warning: the token is sent over plain http to {url.host} (--insecure)."
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class AsyncUploader:
     """Uploads files to one service with one token; reusable for several files."""
 
@@ -103,9 +129,13 @@ class AsyncUploader:
         on_notice: NoticeCallback | None = None,
         timeout_seconds: float = 120.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        allow_insecure: bool = False,
     ) -> None:
         if not token.strip():
             raise UsageError("No token given.")
+        insecure = plain_http_warning(base_url, allow_insecure=allow_insecure)
+        if insecure is not None:
+            log.warning("client.%s", insecure)
         if parallel < 1:
             raise UsageError("parallel must be at least 1.")
         if chunk_size is not None and chunk_size < 1:
@@ -395,10 +425,12 @@ async def upload_file(
     retry: RetryPolicy | None = None,
     file_name: str | None = None,
     restart: bool = False,
+    allow_insecure: bool = False,
 ) -> UploadResult:
     uploader = AsyncUploader(
         token,
         base_url=base_url,
+        allow_insecure=allow_insecure,
         chunk_size=chunk_size,
         parallel=parallel,
         state_dir=state_dir,
@@ -423,6 +455,7 @@ def upload(
     retry: RetryPolicy | None = None,
     file_name: str | None = None,
     restart: bool = False,
+    allow_insecure: bool = False,
 ) -> UploadResult:
     """The blocking form of `upload_file`, for scripts without an event loop."""
     return asyncio.run(
@@ -439,5 +472,6 @@ def upload(
             retry=retry,
             file_name=file_name,
             restart=restart,
+            allow_insecure=allow_insecure,
         )
     )

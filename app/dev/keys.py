@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +15,17 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 DEV_ISSUER = "dev-main-service"
 DEV_AUDIENCE = "upload-service"
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Write a secret (private key, token) readable by its owner only from the first byte:
+    created 0600, never written and then chmod-ed (which leaves it world-readable, under
+    the usual umask, for an instant). A symlink at `path` is not followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # a file that already existed keeps its mode otherwise
+        out.write(text)
 
 
 @dataclass(frozen=True)
@@ -45,8 +57,7 @@ class KeyPair:
             return cls(private_pem=private_path.read_text(), public_pem=public_path.read_text())
         pair = cls.generate()
         directory.mkdir(parents=True, exist_ok=True)
-        private_path.write_text(pair.private_pem)
-        private_path.chmod(0o600)
+        write_private_file(private_path, pair.private_pem)
         public_path.write_text(pair.public_pem)
         return pair
 

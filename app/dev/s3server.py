@@ -20,7 +20,7 @@ DEV_SECRET_KEY = "dev-secret-key"  # noqa: S105 - moto accepts any credentials
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the server gets SIGTERM when the process that started it dies, even by a
     signal that skips clean-up (uvicorn re-raises SIGTERM after its own shutdown)."""
     try:
@@ -52,7 +52,7 @@ class LocalS3Server:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_seconds
         while time.monotonic() < deadline:

@@ -3,13 +3,20 @@
 Starts a local S3 server (moto) on loopback with a bucket, keeps a SQLite database and
 the staging directory under `.dev/`, makes a development RSA key pair, then runs the
 service and prints a ready token and the commands that upload a first file.
+
+The main service is played by the webhook stand-in (`app.dev.webhook_receiver`) on
+loopback, with a secret generated for this run: the service really signs and sends each
+`upload.completed` event, the stand-in verifies it and prints it in this output, so the
+complete response's "main service notified" is true here as it is in production.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
+import secrets
 import shlex
 import struct
 import wave
@@ -17,8 +24,9 @@ from pathlib import Path
 
 import uvicorn
 
-from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
+from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair, write_private_file
 from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server
+from app.dev.webhook_receiver import ReceiverProcess
 from app.main import create_app
 from app.settings import Settings
 
@@ -82,13 +90,14 @@ def main() -> None:
     state.mkdir(parents=True, exist_ok=True)
     keys = KeyPair.load_or_create(state / "keys")
     token_path = state / "token"
-    token_path.write_text(keys.token("dev-user", ttl_seconds=7 * 24 * 3600))
-    token_path.chmod(0o600)
+    write_private_file(token_path, keys.token("dev-user", ttl_seconds=7 * 24 * 3600))
     sample = write_sample_wav(state / "sample.wav")
 
     s3 = LocalS3Server().start()
+    receiver: ReceiverProcess | None = None
     try:
         s3.create_bucket(DEV_BUCKET)
+        receiver = ReceiverProcess(secrets.token_hex(32)).start()
         settings = Settings(
             _env_file=None,
             main_service_jwt_public_key=keys.public_pem,
@@ -99,14 +108,18 @@ def main() -> None:
             s3_access_key=DEV_ACCESS_KEY,
             s3_secret_key=DEV_SECRET_KEY,
             local_temp_chunk_path=state / "staging",
+            main_service_notify_url=receiver.url,
+            main_service_notify_secret=receiver.secret,
         )
         base_url = f"http://{args.host}:{args.port}"
         print(
             f"""
 Audio upload service (development)
   API:            {base_url}   (docs: {base_url}/docs)
+  Uploader page:  {base_url}/uploader#token={token_path.read_text()}
   S3 (moto):      {s3.endpoint_url}  bucket {DEV_BUCKET}  (in memory: gone when this stops)
   Database:       {settings.resolved_database_url}
+  Webhooks:       {receiver.url}  (main-service stand-in: prints each verified event)
   Public key:     {state / "keys" / "jwt-public.pem"}
   Token (7 days): {token_path}  (sub "dev-user", iss "{DEV_ISSUER}", aud "{DEV_AUDIENCE}")
 {first_upload_instructions(base_url, _shown(token_path), _shown(sample))}
@@ -114,14 +127,20 @@ Stop with Ctrl-C.
 """,
             flush=True,
         )
+        app = create_app(settings)
+        # Alembic's INFO lines (context set-up, each revision applied) are start-up noise
+        # here; a failed migration still stops start-up with its error.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         uvicorn.run(
-            create_app(settings),
+            app,
             host=args.host,
             port=args.port,
             log_level="warning",
             timeout_graceful_shutdown=settings.shutdown_grace_seconds,
         )
     finally:
+        if receiver is not None:
+            receiver.stop()
         s3.stop()
 
 

@@ -2,10 +2,18 @@
 
 Any 2xx is delivery; every other status and every transport error is reported, not
 raised, so callers only ever decide between "delivered" and "try again later".
+
+A receiver is not trusted to be quick or brief (issue 12): `timeout_seconds` is a deadline
+for the whole attempt (connect, send, status, headers), not httpx's per-read timeout that
+a receiver dripping a byte at a time would reset forever; and at most MAX_RESPONSE_BYTES of
+the response body are read (the status decides; the body is only drained so the
+connection can be reused). A 2xx whose body is still arriving at the deadline counts as
+delivered.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +23,7 @@ import httpx
 from app.notify.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, signature_header
 
 USER_AGENT = "audio-upload-service/1.0 (+webhook)"
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,17 +59,34 @@ class WebhookSender:
             EVENT_ID_HEADER: event_id,
             SIGNATURE_HEADER: signature_header(self._secret, body, timestamp),
         }
+        status: list[int] = []
         try:
-            response = await self._client.post(
-                self._url, content=body, headers=headers, timeout=timeout_seconds
-            )
-        except httpx.TimeoutException:
-            return SendResult(None, f"timeout after {timeout_seconds:g} s")
+            async with asyncio.timeout(timeout_seconds):
+                await self._post(body, headers, timeout_seconds, status)
+        except (TimeoutError, httpx.TimeoutException):
+            if not status:
+                return SendResult(None, f"timeout after {timeout_seconds:g} s")
         except httpx.HTTPError as error:
-            return SendResult(None, f"{type(error).__name__}: {error}"[:500])
-        if 200 <= response.status_code < 300:
-            return SendResult(response.status_code, None)
-        return SendResult(response.status_code, f"HTTP {response.status_code}")
+            if not status:
+                return SendResult(None, f"{type(error).__name__}: {error}"[:500])
+        code = status[0]
+        if 200 <= code < 300:
+            return SendResult(code, None)
+        return SendResult(code, f"HTTP {code}")
+
+    async def _post(
+        self, body: bytes, headers: dict[str, str], timeout_seconds: float, status: list[int]
+    ) -> None:
+        """POSTs; appends the status as soon as it is known, then drains a little."""
+        async with self._client.stream(
+            "POST", self._url, content=body, headers=headers, timeout=timeout_seconds
+        ) as response:
+            status.append(response.status_code)
+            read = 0
+            async for piece in response.aiter_raw():
+                read += len(piece)
+                if read > MAX_RESPONSE_BYTES:
+                    break  # leaving the block closes the connection: nothing more is read
 
 
 def new_http_client() -> httpx.AsyncClient:

@@ -18,8 +18,9 @@ DEFAULT_TOLERANCE_SECONDS = 300
 
 
 def encode_body(payload: dict[str, Any]) -> bytes:
-    """The exact bytes sent (and stored): compact, key order kept, UTF-8."""
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    """The exact bytes sent (and stored): compact, key order kept, UTF-8, strict (NaN or
+    Infinity raise here: strict receivers reject them, so every retry would fail)."""
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def signature_header(secret: bytes, body: bytes, timestamp: int) -> str:

@@ -10,6 +10,7 @@ serialises all writers of one session.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ _MIGRATION_LOCK_ID = 7_311_024_001
 # The newest migration in migrations/versions (a test checks they agree). A database
 # already there is not handed to alembic: importing alembic (with mako, and pygments
 # through mako) would cost the service ~10 MB of memory for as long as it runs.
-SCHEMA_REVISION = "0004_eager_upload"
+SCHEMA_REVISION = "0006_tus"
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
@@ -42,6 +43,7 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
         # one file still meet the busy handler; that is what PostgreSQL is for.
         engine = create_async_engine(
             url,
+            json_serializer=strict_json_dumps,
             async_creator=sqlite_driver.connector(parsed, timeout=30),
             pool_size=1,
             max_overflow=0,
@@ -53,8 +55,19 @@ def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
     if schema:
         connect_args["server_settings"] = {"search_path": schema}
     return create_async_engine(
-        url, pool_pre_ping=True, pool_size=10, max_overflow=20, connect_args=connect_args
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args=connect_args,
+        json_serializer=strict_json_dumps,
     )
+
+
+def strict_json_dumps(value: object) -> str:
+    """JSON columns refuse NaN/Infinity before the write (PostgreSQL would refuse them in
+    the row, after the object was committed to S3; SQLite would store invalid JSON)."""
+    return json.dumps(value, allow_nan=False)
 
 
 def _make_sqlite_transactions_immediate(engine: AsyncEngine) -> None:

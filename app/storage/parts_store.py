@@ -12,9 +12,11 @@ from datetime import datetime
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.storage import leases
 from app.storage.tables import upload_parts, upload_sessions
 from app.uploads.eager import CoveredChunk, FlushedPart
 from app.uploads.models import SessionState
+from app.uploads.ports import Lease
 
 P = upload_parts.c
 S = upload_sessions.c
@@ -42,9 +44,18 @@ class SqlPartStore:
             ]
 
     async def record_part(
-        self, session_id: str, upload_id: str, part: FlushedPart, *, now: datetime
-    ) -> None:
+        self,
+        session_id: str,
+        upload_id: str,
+        part: FlushedPart,
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> bool:
         async with self.engine.begin() as conn:
+            # A flusher whose lease was taken over must not overwrite the new holder's row.
+            if lease is not None and not await leases.still_held(conn, lease):
+                return False
             await conn.execute(
                 delete(upload_parts).where(
                     P.session_id == session_id, P.part_number == part.part_number
@@ -61,6 +72,7 @@ class SqlPartStore:
                     uploaded_at=now,
                 )
             )
+            return True
 
     async def clear_parts(self, session_id: str) -> None:
         async with self.engine.begin() as conn:

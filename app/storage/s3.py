@@ -170,6 +170,24 @@ class S3MultipartStore:
                 "UploadIdMarker": response.get("NextUploadIdMarker", ""),
             }
 
+    async def call(self, operation: str, **kwargs: Any) -> Any:
+        """Any other S3 operation on the shared client, its errors translated (the S3
+        staging backend stages chunks through this client)."""
+        return await self._call(operation, **kwargs)
+
+    async def list_parts(self, key: str, upload_id: str) -> list[int]:
+        """The part numbers S3 holds for an unfinished upload (every page)."""
+        numbers: list[int] = []
+        marker: dict[str, int] = {}
+        while True:
+            response = await self._call(
+                "list_parts", Bucket=self._bucket, Key=key, UploadId=upload_id, **marker
+            )
+            numbers.extend(int(part["PartNumber"]) for part in response.get("Parts", []))
+            if not response.get("IsTruncated"):
+                return numbers
+            marker = {"PartNumberMarker": int(response["NextPartNumberMarker"])}
+
     async def _call(self, operation: str, **kwargs: Any) -> Any:
         try:
             return await getattr(self._client, operation)(**kwargs)

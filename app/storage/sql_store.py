@@ -17,12 +17,15 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.notify.outbox import insert_event
-from app.storage.tables import upload_chunks, upload_sessions
+from app.storage import leases
+from app.storage.tables import session_leases, upload_chunks, upload_parts, upload_sessions
+from app.uploads.leasing import WORK
 from app.uploads.models import SessionState, StoredChunk, UploadSession
-from app.uploads.ports import ChunkRecordOutcome, ChunkRecordResult, OutboxEvent
+from app.uploads.ports import ChunkRecordOutcome, ChunkRecordResult, Lease, OutboxEvent
 
 S = upload_sessions.c
 C = upload_chunks.c
+L = session_leases.c
 
 _OPEN_STATES = (SessionState.UPLOADING.value, SessionState.COMPLETING.value)
 _PURGEABLE_STATES = (
@@ -56,6 +59,9 @@ _DELETE_CHUNK_AT = delete(upload_chunks).where(
     C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index")
 )
 _INSERT_CHUNK = insert(upload_chunks)
+_CHUNK_TOTALS = select(func.count(), func.coalesce(func.sum(C.size_bytes), 0)).where(
+    C.session_id == bindparam("session_id")
+)
 
 
 class SqlSessionStore:
@@ -130,10 +136,8 @@ class SqlSessionStore:
                 update(upload_sessions)
                 .where(
                     S.id == session_id,
-                    or_(
-                        and_(S.state == SessionState.UPLOADING.value, S.expires_at > now),
-                        and_(S.state == SessionState.COMPLETING.value, S.lease_expires_at < now),
-                    ),
+                    S.state == SessionState.UPLOADING.value,
+                    S.expires_at > now,
                 )
                 .values(
                     state=SessionState.COMPLETING.value,
@@ -141,7 +145,11 @@ class SqlSessionStore:
                     updated_at=now,
                 )
             )
-            return bool(claimed.rowcount == 1)
+            if claimed.rowcount == 1:
+                return True
+            # Already completing: whoever holds (or takes over) the work lease finishes it.
+            state = await conn.scalar(select(S.state).where(S.id == session_id))
+            return bool(state == SessionState.COMPLETING.value)
 
     async def remember_multipart_upload(
         self, session_id: str, *, object_key: str, upload_id: str | None
@@ -160,8 +168,14 @@ class SqlSessionStore:
         now: datetime,
         result: dict[str, Any],
         event: OutboxEvent | None = None,
+        lease: Lease | None = None,
+        total_chunks: int | None = None,
     ) -> bool:
         async with self.engine.begin() as conn:
+            # Fenced: a holder whose lease was taken over must not commit (first
+            # statement, so on PostgreSQL the lease row stays locked until we commit).
+            if lease is not None and not await leases.still_held(conn, lease):
+                return False
             finished = await conn.execute(
                 update(upload_sessions)
                 .where(S.id == session_id, S.state == SessionState.COMPLETING.value)
@@ -171,15 +185,27 @@ class SqlSessionStore:
                     updated_at=now,
                     lease_expires_at=None,
                     multipart_upload_id=None,
+                    total_chunks=func.coalesce(total_chunks, S.total_chunks),
                 )
             )
+            if finished.rowcount != 1:
+                return False
+            # A completed session keeps only its row (the result, the chunk count): its
+            # chunk and part rows would otherwise grow without bound at fleet scale.
+            await conn.execute(delete(upload_chunks).where(C.session_id == session_id))
+            await conn.execute(delete(upload_parts).where(upload_parts.c.session_id == session_id))
             # The event commits with the state change or not at all.
-            if event is not None and finished.rowcount == 1:
+            if event is not None:
                 await insert_event(conn, event)
-            return bool(finished.rowcount == 1)
+            await leases.delete_for(conn, [session_id])
+            return True
 
-    async def release_completion(self, session_id: str, *, now: datetime) -> None:
+    async def release_completion(
+        self, session_id: str, *, now: datetime, lease: Lease | None = None
+    ) -> None:
         async with self.engine.begin() as conn:
+            if lease is not None and not await leases.still_held(conn, lease):
+                return  # taken over: the new holder decides
             await conn.execute(
                 update(upload_sessions)
                 .where(S.id == session_id, S.state == SessionState.COMPLETING.value)
@@ -236,6 +262,20 @@ class SqlSessionStore:
             await conn.execute(insert(upload_sessions).values(**_session_row(session)))
             return True
 
+    async def staged_bytes_of(self, owner_sub: str) -> int:
+        """Bytes of the chunks recorded for the owner's uploading and completing
+        sessions: what the owner holds in staging (the per-user staging quota)."""
+        async with self.engine.connect() as conn:
+            total = await conn.scalar(
+                select(func.coalesce(func.sum(C.size_bytes), 0))
+                .select_from(upload_chunks.join(upload_sessions, C.session_id == S.id))
+                .where(
+                    S.owner_sub == owner_sub,
+                    S.state.in_([SessionState.UPLOADING.value, SessionState.COMPLETING.value]),
+                )
+            )
+        return int(total or 0)
+
     # --- janitor queries: each state change is guarded, so replicas may race ---------
     async def list_stale_sessions(
         self, *, now: datetime, lease_lapsed_before: datetime, limit: int
@@ -287,6 +327,14 @@ class SqlSessionStore:
                     S.id == session_id,
                     S.state == SessionState.COMPLETING.value,
                     S.lease_expires_at < lease_lapsed_before,
+                    # A completion still renewing its lease is alive, however long it runs.
+                    ~select(L.session_id)
+                    .where(
+                        L.session_id == S.id,
+                        L.name == WORK,
+                        L.expires_at >= lease_lapsed_before,
+                    )
+                    .exists(),
                 )
                 .values(
                     state=SessionState.UPLOADING.value,
@@ -335,30 +383,58 @@ class SqlSessionStore:
             )
             return {str(row[0]) for row in rows}
 
-    async def purge_closed_sessions(self, *, updated_before: datetime, limit: int) -> int:
+    async def purge_closed_sessions(
+        self,
+        *,
+        updated_before: datetime,
+        limit: int,
+        completed_updated_before: datetime | None = None,
+    ) -> int:
         """Delete expired, aborted and failed session records (and their chunk records)
-        untouched since `updated_before`. Completed ones stay: they answer repeated
-        completes and hold where the file went."""
-        async with self.engine.begin() as conn:
-            rows = await conn.execute(
-                select(S.id)
-                .where(S.state.in_(_PURGEABLE_STATES), S.updated_at < updated_before)
-                .limit(limit)
+        untouched since `updated_before`, and completed ones untouched since
+        `completed_updated_before` (None: completed ones stay, answering repeated
+        completes and holding where the file went). Each state is one range of the
+        (state, updated_at) index."""
+        # One range of the (state, updated_at) index per kind: an OR of both would make
+        # PostgreSQL scan the table (bench/README.md, "Ten million sessions").
+        kinds = [S.state.in_(_PURGEABLE_STATES) & (S.updated_at < updated_before)]
+        if completed_updated_before is not None:
+            kinds.append(
+                (S.state == SessionState.COMPLETED.value)
+                & (S.updated_at < completed_updated_before)
             )
-            ids = [str(row[0]) for row in rows]
+        async with self.engine.begin() as conn:
+            ids: list[str] = []
+            for purgeable in kinds:
+                rows = await conn.execute(select(S.id).where(purgeable).limit(limit - len(ids)))
+                ids += [str(row[0]) for row in rows]
+                if len(ids) >= limit:
+                    break
             if not ids:
                 return 0
             await conn.execute(delete(upload_chunks).where(C.session_id.in_(ids)))
-            deleted = await conn.execute(
-                delete(upload_sessions).where(
-                    S.id.in_(ids), S.state.in_(_PURGEABLE_STATES), S.updated_at < updated_before
-                )
-            )
+            await conn.execute(delete(upload_parts).where(upload_parts.c.session_id.in_(ids)))
+            await leases.delete_for(conn, ids)
+            deleted = await conn.execute(delete(upload_sessions).where(S.id.in_(ids), or_(*kinds)))
             return int(deleted.rowcount or 0)
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
+
+    async def chunk_totals(self, session_id: str) -> tuple[int, int]:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_CHUNK_TOTALS, {"session_id": session_id})).first()
+        return (int(row[0]), int(row[1])) if row is not None else (0, 0)
+
+    async def set_total_size(self, session_id: str, total_size: int) -> bool:
+        async with self.engine.begin() as conn:
+            changed = await conn.execute(
+                update(upload_sessions)
+                .where(S.id == session_id, S.total_size.is_(None))
+                .values(total_size=total_size)
+            )
+            return changed.rowcount == 1
 
 
 async def _get(conn: AsyncConnection, session_id: str) -> UploadSession | None:

@@ -14,6 +14,12 @@ as they arrive, released when a file is removed) on top of what was on disk when
 measured; `refresh_usage` re-measures the tree (at start-up and every janitor pass), so
 other replicas' files are counted from then on. Beyond the cap, or on ENOSPC, a write
 fails with StagingFull and the caller discards the partial file.
+
+Free-space reserve (`min_free_bytes`, STAGING_MIN_FREE_BYTES): the filesystem's free space
+is probed (statvfs, a few microseconds) at the first reservation and then after every
+FREE_SPACE_PROBE_BYTES reserved; a write that would leave less than the reserve fails with
+StagingFull, so staging never takes the last bytes the database (by default a SQLite file
+in the same directory) needs. The readiness probe (`check`) never touches these counters.
 """
 
 from __future__ import annotations
@@ -30,12 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, TypeVar
 
 from app.errors import ChunkTooLarge, StagingFull
 from app.uploads.models import StagedFile, StoredChunk
 
 WRITE_BLOCK_BYTES = 256 * 1024
+FREE_SPACE_PROBE_BYTES = 1024 * 1024
 # writev takes at most IOV_MAX buffers per call.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -97,7 +104,7 @@ class DiskChunkWriter:
     def _write_block(self, block: list[bytes | memoryview]) -> None:
         try:
             if self._fd < 0:
-                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._fd = _create(self._path)
             for piece in block:
                 self._digest.update(piece)
             _write_all(self._fd, block)
@@ -116,7 +123,7 @@ class DiskChunkWriter:
     def _close(self, fsync: bool) -> None:
         try:
             if self._fd < 0:  # an empty chunk
-                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                self._fd = _create(self._path)
             if fsync:
                 os.fsync(self._fd)
         except OSError as error:
@@ -156,6 +163,16 @@ class DiskChunkWriter:
         self._size_bytes = 0
 
 
+def _create(path: Path) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except FileNotFoundError:
+        # The staging directory was wiped under a running process (a replaced volume, an
+        # operator's clean-up): recreate it rather than fail every chunk from now on.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+
+
 def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
     """os.writev until every byte is written (it may stop short, as write does)."""
     views = [memoryview(piece) for piece in pieces]
@@ -176,10 +193,14 @@ class StagingEntry:
 
 
 class DiskStaging:
-    def __init__(self, root: Path, *, fsync: bool = False, max_bytes: int = 0) -> None:
+    def __init__(
+        self, root: Path, *, fsync: bool = False, max_bytes: int = 0, min_free_bytes: int = 0
+    ) -> None:
         self.root = root
         self.fsync = fsync
         self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self._unprobed_bytes = FREE_SPACE_PROBE_BYTES  # probe at the first reservation
         self.incoming_dir = root / "incoming"
         self.sessions_dir = root / "sessions"
         self._used_bytes = 0
@@ -203,9 +224,25 @@ class DiskStaging:
         with self._lock:
             if self.max_bytes and self._used_bytes + size_bytes > self.max_bytes:
                 raise StagingFull(details={"staging_max_bytes": self.max_bytes})
+            if self.min_free_bytes:
+                self._unprobed_bytes += size_bytes
+                if self._unprobed_bytes >= FREE_SPACE_PROBE_BYTES:
+                    self._keep_free_space(size_bytes)
+                    self._unprobed_bytes = 0
             self._used_bytes += size_bytes
             if writer is not None:
                 self._writing[writer] = self._writing.get(writer, 0) + size_bytes
+
+    def _keep_free_space(self, size_bytes: int) -> None:
+        try:
+            found = os.statvfs(self.incoming_dir)
+        except OSError:
+            return  # the write itself will say what is wrong
+        if found.f_bavail * found.f_frsize - size_bytes < self.min_free_bytes:
+            raise StagingFull(
+                "The staging filesystem is full (its free-space reserve is kept).",
+                details={"staging_min_free_bytes": self.min_free_bytes},
+            )
 
     def release(self, size_bytes: int) -> None:
         with self._lock:
@@ -235,7 +272,13 @@ class DiskStaging:
 
     # --- listings for the janitor ------------------------------------------------------
     async def list_incoming(self) -> list[StagingEntry]:
-        return await asyncio.to_thread(_entries, self.incoming_dir)
+        """Temp files of this process's finished or dead writers; a file a live request is
+        still writing is never listed, however slowly its chunk trickles in (its writer
+        removes it itself if the request fails)."""
+        with self._lock:
+            writing = set(self._writing)
+        entries = await asyncio.to_thread(_entries, self.incoming_dir)
+        return [entry for entry in entries if entry.name not in writing]
 
     async def list_session_dirs(self) -> list[str]:
         """Session ids that have a directory (names that are not UUIDs are not ours)."""
@@ -284,6 +327,20 @@ class DiskStaging:
         await asyncio.to_thread(move)
         return file_name
 
+    async def move_chunk(
+        self, from_session_id: str, file_name: str, to_session_id: str, index: int
+    ) -> str:
+        new_name = f"{index:06d}.{uuid.uuid4().hex}.chunk"
+        source = self.session_dir(from_session_id) / Path(file_name).name
+        target_dir = self.session_dir(to_session_id)
+
+        def move() -> None:
+            target_dir.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target_dir / new_name)
+
+        await asyncio.to_thread(move)
+        return new_name
+
     async def remove_chunk(self, session_id: str, file_name: str) -> None:
         path = self.session_dir(session_id) / Path(file_name).name
         await asyncio.to_thread(self._unlink_counted, path)
@@ -309,7 +366,10 @@ class DiskStaging:
 
     async def check(self) -> None:
         def probe() -> None:
-            self.prepare()
+            # Not prepare(): that re-measures the tree and resets the cap's counter
+            # without regard to reservations in flight.
+            self.incoming_dir.mkdir(parents=True, exist_ok=True)
+            self.sessions_dir.mkdir(parents=True, exist_ok=True)
             probe_path = self.incoming_dir / f".ready-{uuid.uuid4().hex}"
             probe_path.write_bytes(b"ok")
             probe_path.unlink()
@@ -317,10 +377,14 @@ class DiskStaging:
         await asyncio.to_thread(probe)
 
 
-class ConcatenatedReader(io.RawIOBase):
-    """A seekable read-only view of several files one after another."""
+PartT = TypeVar("PartT")
 
-    def __init__(self, parts: Sequence[tuple[Path, int]]) -> None:
+
+class PartsReader(io.RawIOBase, Generic[PartT]):
+    """A seekable read-only view of sized parts one after another: the positioning
+    shared by the disk and S3 staging readers; a subclass reads the bytes."""
+
+    def __init__(self, parts: Sequence[tuple[PartT, int]]) -> None:
         self._parts = list(parts)
         self._starts: list[int] = []
         offset = 0
@@ -329,8 +393,6 @@ class ConcatenatedReader(io.RawIOBase):
             offset += size
         self._length = offset
         self._position = 0
-        self._open_index = -1
-        self._fd = -1
 
     def readable(self) -> bool:
         return True
@@ -345,6 +407,28 @@ class ConcatenatedReader(io.RawIOBase):
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
         self._position = max(0, base + offset)
         return self._position
+
+    def _part_at(self, position: int) -> int:
+        low, high = 0, len(self._starts) - 1
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self._starts[middle] <= position:
+                low = middle
+            else:
+                high = middle - 1
+        # Skip empty parts that start at the same offset.
+        while self._parts[low][1] == 0 and low + 1 < len(self._parts):
+            low += 1
+        return low
+
+
+class ConcatenatedReader(PartsReader[Path]):
+    """A seekable read-only view of several files one after another."""
+
+    def __init__(self, parts: Sequence[tuple[Path, int]]) -> None:
+        super().__init__(parts)
+        self._open_index = -1
+        self._fd = -1
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if self._position >= self._length or len(buffer) == 0:
@@ -362,19 +446,6 @@ class ConcatenatedReader(io.RawIOBase):
             raise OSError(errno.EIO, f"staged chunk {index} is shorter than recorded")
         self._position += got
         return got
-
-    def _part_at(self, position: int) -> int:
-        low, high = 0, len(self._starts) - 1
-        while low < high:
-            middle = (low + high + 1) // 2
-            if self._starts[middle] <= position:
-                low = middle
-            else:
-                high = middle - 1
-        # Skip empty parts that start at the same offset.
-        while self._parts[low][1] == 0 and low + 1 < len(self._parts):
-            low += 1
-        return low
 
     def _close_fd(self) -> None:
         if self._fd >= 0:

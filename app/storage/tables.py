@@ -8,14 +8,17 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -68,6 +71,8 @@ upload_sessions = Table(
     # `complete` (in any process) knows the Content-Type S3 will give the object.
     Column("eager_upload", JSON),
 )
+# The retention purge and the per-state gauges walk (state, updated_at) (migration 0005).
+Index("ix_upload_sessions_state_updated_at", upload_sessions.c.state, upload_sessions.c.updated_at)
 
 upload_chunks = Table(
     "upload_chunks",
@@ -104,3 +109,39 @@ upload_parts = Table(
     Column("covers", JSON, nullable=False),
     Column("uploaded_at", UtcDateTime, nullable=False),
 )
+
+# --- replicas (issue 13): per-session leases with a fencing token ----------------------
+# One row per (session, name). `generation` only ever grows (a release lapses the row
+# instead of deleting it), so a holder whose lease was taken over can never pass for the
+# new one; rows go when their session completes or is purged.
+session_leases = Table(
+    "session_leases",
+    metadata,
+    Column("session_id", String(36), primary_key=True),
+    Column("name", String(32), primary_key=True),
+    Column("holder", String(64), nullable=False),
+    Column("generation", BigInteger, nullable=False),
+    Column("expires_at", UtcDateTime, nullable=False),
+    # Set by a request that waits for the lease (the tus/IETF `append` lease): the holder
+    # sees it when it renews and finishes early; cleared when the lease changes hands.
+    Column("release_requested", Boolean, nullable=False, server_default=false()),
+)
+
+# --- the resumable front doors (issue 14): tus 1.0 and IETF resumable uploads ----------
+# What the protocol needs beyond the session: the tus `Upload-Metadata` header as sent
+# (echoed on HEAD), whether the upload is a tus partial or final concatenation, and the
+# protocol that created it (the webhook's `protocol`).
+resumable_uploads = Table(
+    "resumable_uploads",
+    metadata,
+    Column(
+        "session_id",
+        String(36),
+        ForeignKey("upload_sessions.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("protocol", String(16), nullable=False),
+    Column("metadata", String(4096)),
+    Column("concat", String(16)),  # "partial" | "final" | NULL
+)
+

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import structlog
 
 from app.errors import ChecksumMismatch, ServiceError
+from app.uploads import buffer_budget
 from app.uploads.ports import MultipartObjectStore
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,7 @@ async def upload_in_parts(
         etags: dict[int, str] = {}
         stream = await asyncio.to_thread(open_stream)
         try:
-            slots = asyncio.Semaphore(concurrency)
+            slots = buffer_budget.slots(concurrency, part_size_bytes)
 
             def read_part() -> tuple[io.BytesIO, int]:
                 body, size = read_part_body(stream, part_size_bytes)
@@ -121,8 +122,9 @@ def read_part_body(stream: BinaryIO, size_bytes: int) -> tuple[io.BytesIO, int]:
     return body, filled
 
 
-def hash_stream(open_stream: Callable[[], BinaryIO], block_bytes: int = 8 * 1024 * 1024) -> str:
-    """SHA-256 of a whole stream, read in blocks (blocking: run it in a worker thread)."""
+def hash_stream(open_stream: Callable[[], BinaryIO], block_bytes: int = 1024 * 1024) -> str:
+    """SHA-256 of a whole stream, read in blocks (blocking: run it in a worker thread).
+    The block is outside the part-buffer budget, hence small: 1 MiB hashes as fast."""
     digest = hashlib.sha256()
     with open_stream() as stream:
         while block := stream.read(block_bytes):

@@ -13,6 +13,18 @@ Invariants:
 - At most `READ_BUDGET_BYTES` are read from the stream in total (head, a tail window for
   formats that keep their length at the end, MP4 box headers). Nothing reads the whole
   file; a file that would need more is refused rather than read further.
+- At most `WALK_BUDGET_STEPS` structural steps are taken per inspection: every read the
+  parsers make (mutagen reads one header per chunk, box or page) and every EBML element
+  walked counts as one. A file built of 500,000 empty chunks therefore costs the same few
+  milliseconds as an honest one before it is refused, and the parsers' per-chunk objects
+  cannot pile up in memory.
+- Every fact is range-checked where it leaves the parsers (`_checked_int`,
+  `_checked_duration`; EBML values where they are decoded): channels 1-255,
+  sample rate and bitrate within what real audio uses, duration finite and at most
+  `MAX_DURATION_SECONDS`. A fact out of range is dropped (None), never passed on, so no
+  response, row, webhook or metadata value can hold an absurd number, NaN or Infinity.
+  Structure that breaks its own format's rules (an EBML unsigned integer over 8 bytes) is
+  a damaged file: 415.
 - The extension must name the detected format's family (see `_EXTENSION_FAMILIES`); a name
   with no extension makes no claim and is judged by content alone.
 - Every refusal is `UnsupportedAudio` with a short sentence meant for the uploader. An error
@@ -28,6 +40,7 @@ format is a six-byte magic plus fixed-size frames.
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 from collections.abc import Callable, Collection, Iterator
@@ -55,7 +68,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FORMATS",
+    "MAX_CHANNELS",
+    "MAX_DURATION_SECONDS",
     "READ_BUDGET_BYTES",
+    "WALK_BUDGET_STEPS",
     "AudioFacts",
     "UnsupportedAudio",
     "inspect_audio",
@@ -66,6 +82,21 @@ READ_BUDGET_BYTES = 4 * 1024 * 1024
 """Total bytes one inspection may read. Enough for any sane header, MP4 `moov` index of
 hours of audio, and the Ogg/WebM tail window; small enough to stay cheap on a multi-GiB
 upload assembled from chunk files."""
+
+WALK_BUDGET_STEPS = 10_000
+"""Reads plus EBML elements one inspection may take. Honest files of every format take
+1-50 whatever their length, raw ADTS ~600 (mutagen reads its first frames one by one);
+each step costs microseconds, so the cap keeps any input to a small fraction of a
+CPU-second (a 4 MB AIFF of 500,000 empty chunks: 0.09 CPU-s, was 4.1)."""
+
+MAX_CHANNELS = 255
+MIN_SAMPLE_RATE_HZ = 1_000
+MAX_SAMPLE_RATE_HZ = 768_000
+MAX_BITRATE_BPS = 100_000_000  # 768 kHz x 64-bit float x 2 channels is ~98 Mbit/s
+MIN_DURATION_SECONDS = 0.001  # the precision durations are reported with
+MAX_DURATION_SECONDS = 30 * 24 * 3600.0
+"""Longer claims are dropped: 4 GiB of the lowest-rate AMR is ~85 days, but no recording
+anyone uploads here is, and a claim of years is a crafted header."""
 
 _HEAD_BYTES = 64 * 1024
 _EBML_HEAD_BYTES = 1024 * 1024  # Tracks may follow a large SeekHead/Void/Tags block.
@@ -147,6 +178,8 @@ class AudioFacts:
             value = getattr(self, field.name)
             if value is None:
                 continue
+            if isinstance(value, float) and not math.isfinite(value):
+                continue  # the range checks let none through; metadata must never say "inf"
             key = "audio-" + field.name.replace("_", "-")
             text = f"{value:.3f}" if isinstance(value, float) else str(value)
             out[key] = text.encode("ascii", "replace").decode("ascii")
@@ -188,6 +221,8 @@ def inspect_audio(
         reader.reraise_stream_failure()
         if reader.over_budget:
             raise UnsupportedAudio("The file's headers are too large to inspect.") from None
+        if reader.steps.exhausted:
+            raise UnsupportedAudio(_TOO_COMPLEX) from None
         raise UnsupportedAudio("The file is not audio in a supported format.") from exc
     if sniffed is None:
         if reader.size == 0:
@@ -211,23 +246,49 @@ def inspect_audio(
             raise UnsupportedAudio(
                 f"The {spec.label} file's headers are too large to inspect."
             ) from None
+        if reader.steps.exhausted:
+            raise UnsupportedAudio(_TOO_COMPLEX) from None
         raise UnsupportedAudio(
             f"The file looks like {spec.label} audio but its stream could not be read."
         ) from exc
 
-    duration = parsed.duration if parsed.duration and parsed.duration > 0 else None
-    bitrate = parsed.bitrate if parsed.bitrate and parsed.bitrate > 0 else None
-    if bitrate is None and duration:
-        bitrate = round((reader.size - sniffed.offset) * 8 / duration)
+    duration = _checked_duration(parsed.duration)
+    bitrate = _checked_int(parsed.bitrate, 1, MAX_BITRATE_BPS)
+    if bitrate is None and duration is not None:
+        bitrate = _checked_int((reader.size - sniffed.offset) * 8 / duration, 1, MAX_BITRATE_BPS)
     return AudioFacts(
         format=sniffed.format,
         content_type=spec.content_type,
         codec=_clean_token(parsed.codec),
-        duration_seconds=round(duration, 3) if duration is not None else None,
-        sample_rate=parsed.sample_rate or None,
-        channels=parsed.channels or None,
+        duration_seconds=duration,
+        sample_rate=_checked_int(parsed.sample_rate, MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ),
+        channels=_checked_int(parsed.channels, 1, MAX_CHANNELS),
         bitrate=bitrate,
     )
+
+
+_TOO_COMPLEX = "The file's structure is too complex to inspect."
+
+
+def _checked_int(value: object, low: int, high: int) -> int | None:
+    """`value` as an int if it is a finite number in [low, high], else None (dropped).
+
+    Parsers hand back whatever a header says: ints of thousands of digits, floats that
+    are inf or NaN, bools. Compared before any conversion, so nothing here can raise.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not low <= value <= high:  # False for NaN
+        return None
+    return round(value)
+
+
+def _checked_duration(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not MIN_DURATION_SECONDS <= value <= MAX_DURATION_SECONDS:  # False for NaN
+        return None
+    return round(float(value), 3)
 
 
 def sniff_head(
@@ -248,7 +309,7 @@ def sniff_head(
         sniffed = _sniff(reader)
     except Exception as exc:
         reader.reraise_stream_failure()
-        if reader.over_budget or reader.ended_short:
+        if reader.over_budget or reader.ended_short or reader.steps.exhausted:
             return None
         raise UnsupportedAudio("The file is not audio in a supported format.") from exc
     if sniffed is None:
@@ -269,6 +330,20 @@ class _BudgetExceeded(Exception):
     pass
 
 
+class _Steps:
+    """Structural steps left for one inspection (see WALK_BUDGET_STEPS)."""
+
+    def __init__(self, budget: int) -> None:
+        self.left = budget
+        self.exhausted = False
+
+    def take(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            self.exhausted = True
+            raise _BudgetExceeded
+
+
 class _BudgetReader(io.RawIOBase):
     """Seekable view of the caller's stream that refuses to read past a byte budget.
 
@@ -283,6 +358,7 @@ class _BudgetReader(io.RawIOBase):
         self.bytes_read = 0
         self.over_budget = False
         self.ended_short = False  # a read asked for more than the stream held
+        self.steps = _Steps(WALK_BUDGET_STEPS)
         self._stream_failure: BaseException | None = None
         self._pos = 0
         self.size = self._call(lambda: raw.seek(0, io.SEEK_END))
@@ -323,6 +399,8 @@ class _BudgetReader(io.RawIOBase):
         return target
 
     def readinto(self, buffer: WriteableBuffer) -> int:
+        # mutagen reads one header per chunk/box/page: counting reads bounds its walks.
+        self.steps.take()
         view = memoryview(buffer).cast("B")
         wanted = min(len(view), max(0, self.size - self._pos))
         if wanted < len(view):
@@ -384,7 +462,7 @@ def _sniff(reader: _BudgetReader) -> _Sniffed | None:
         head = head[padding:]
         fmt = _sniff_after_id3(head)
     else:
-        fmt = _sniff_container(head)
+        fmt = _sniff_container(head, reader.steps)
     return _Sniffed(fmt, offset, head) if fmt is not None else None
 
 
@@ -421,7 +499,7 @@ def _sniff_frame_sync(head: bytes) -> str | None:
     return {0b01: "mp3", 0b10: "mp2"}.get(layer)  # layer I is not accepted
 
 
-def _sniff_container(head: bytes) -> str | None:
+def _sniff_container(head: bytes, steps: _Steps) -> str | None:
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return "wav"
     if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
@@ -433,7 +511,7 @@ def _sniff_container(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         return "m4a"
     if head[:4] == b"\x1a\x45\xdf\xa3":
-        return _sniff_ebml(head)
+        return _sniff_ebml(head, steps)
     if head.startswith(_AMR_NB_MAGIC):
         return "amr"
     if head.startswith(_AMR_WB_MAGIC):
@@ -458,9 +536,9 @@ def _sniff_ogg(head: bytes) -> str | None:
     return None
 
 
-def _sniff_ebml(head: bytes) -> str | None:
+def _sniff_ebml(head: bytes, steps: _Steps) -> str | None:
     try:
-        doc_type = _ebml_header(head)[0]
+        doc_type = _ebml_header(head, steps)[0]
     except _Malformed:
         return None
     return {"webm": "webm", "matroska": "matroska"}.get(doc_type)
@@ -548,19 +626,25 @@ def _parse_adts(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
 _ADTS_EXACT_BYTES = 2 * 1024 * 1024
 _ADTS_SAMPLE_BYTES = 256 * 1024
 _ADTS_MIN_TAIL_FRAMES = 8
+# Honest ADTS frames are hundreds of bytes (2 MiB is ~6,000 of them); seven-byte empty
+# frames would make 300,000. Past the cap the walk stops and the rest is extrapolated.
+_ADTS_MAX_FRAMES = 20_000
 
 
 def _adts_duration(reader: _BudgetReader, offset: int, sample_rate: int) -> float | None:
     stream_size = reader.size - offset
     if stream_size <= _ADTS_EXACT_BYTES:
-        samples, _ = _adts_walk(reader.read_at(offset, stream_size))
+        samples, used, frames = _adts_walk(reader.read_at(offset, stream_size))
+        if frames >= _ADTS_MAX_FRAMES:
+            return stream_size * samples / used / sample_rate
         return samples / sample_rate if samples else None
-    head_samples, head_bytes = _adts_walk(reader.read_at(offset, _ADTS_SAMPLE_BYTES))
+    head_samples, head_bytes, _ = _adts_walk(reader.read_at(offset, _ADTS_SAMPLE_BYTES))
     tail = reader.read_at(reader.size - _ADTS_SAMPLE_BYTES, _ADTS_SAMPLE_BYTES)
     tail_samples = tail_bytes = 0
     for start in range(min(len(tail), 8192)):  # an ADTS frame is at most 8191 bytes
         if tail[start] == 0xFF:
-            samples, used = _adts_walk(tail[start:])
+            # An offset, not tail[start:]: a tail of 0xFF bytes would copy 256 KiB per try.
+            samples, used, _ = _adts_walk(tail, start)
             if samples >= 1024 * _ADTS_MIN_TAIL_FRAMES:
                 tail_samples, tail_bytes = samples, used
                 break
@@ -568,16 +652,22 @@ def _adts_duration(reader: _BudgetReader, offset: int, sample_rate: int) -> floa
     return stream_size * samples / used / sample_rate if samples else None
 
 
-def _adts_walk(buf: bytes) -> tuple[int, int]:
-    """(PCM samples, bytes) of the chain of ADTS frames that starts at buf[0]."""
-    pos = samples = 0
-    while pos + 7 <= len(buf) and buf[pos] == 0xFF and buf[pos + 1] & 0xF6 == 0xF0:
+def _adts_walk(buf: bytes, start: int = 0) -> tuple[int, int, int]:
+    """(PCM samples, bytes, frames) of the chain of ADTS frames that starts at buf[start]."""
+    pos, samples, frames = start, 0, 0
+    while (
+        pos + 7 <= len(buf)
+        and buf[pos] == 0xFF
+        and buf[pos + 1] & 0xF6 == 0xF0
+        and frames < _ADTS_MAX_FRAMES
+    ):
         length = ((buf[pos + 3] & 0x03) << 11) | (buf[pos + 4] << 3) | (buf[pos + 5] >> 5)
         if length < 7 or pos + length > len(buf):
             break
         samples += 1024 * ((buf[pos + 6] & 0x03) + 1)
         pos += length
-    return samples, pos
+        frames += 1
+    return samples, pos - start, frames
 
 
 _WAVE_CODECS = {
@@ -831,10 +921,14 @@ def _vint(buf: bytes, pos: int, keep_marker: bool) -> tuple[int | None, int]:
     return (None if value == (1 << (7 * length)) - 1 else value), pos + length
 
 
-def _ebml_elements(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int, int | None]]:
-    """Yield (id, payload start, payload size) for the elements in buf[start:end]."""
+def _ebml_elements(
+    buf: bytes, start: int, end: int, steps: _Steps
+) -> Iterator[tuple[int, int, int | None]]:
+    """Yield (id, payload start, payload size) for the elements in buf[start:end]; each
+    one takes a step, so a megabyte of two-byte elements is not walked to its end."""
     pos = start
     while pos < end:
+        steps.take()
         element_id, pos = _vint(buf, pos, keep_marker=True)
         size, pos = _vint(buf, pos, keep_marker=False)
         assert element_id is not None
@@ -845,6 +939,10 @@ def _ebml_elements(buf: bytes, start: int, end: int) -> Iterator[tuple[int, int,
 
 
 def _ebml_uint(buf: bytes, start: int, size: int) -> int:
+    if size > 8:
+        # The spec caps unsigned integers at 8 bytes; a longer one is a crafted header
+        # (a 3,000-byte Channels element is a 7,000-digit number).
+        raise _Malformed("unsigned integer over 8 bytes")
     return int.from_bytes(buf[start : start + size], "big")
 
 
@@ -856,13 +954,13 @@ def _ebml_float(buf: bytes, start: int, size: int) -> float:
     raise _Malformed("bad float size")
 
 
-def _ebml_header(buf: bytes) -> tuple[str, int]:
+def _ebml_header(buf: bytes, steps: _Steps) -> tuple[str, int]:
     """Return (DocType, offset just past the EBML header)."""
-    element_id, start, size = next(_ebml_elements(buf, 0, len(buf)))
+    element_id, start, size = next(_ebml_elements(buf, 0, len(buf), steps))
     if element_id != _EBML_HEADER or size is None or start + size > len(buf):
         raise _Malformed("no EBML header")
     doc_type = "matroska"  # the spec's default when DocType is absent
-    for child, child_start, child_size in _ebml_elements(buf, start, start + size):
+    for child, child_start, child_size in _ebml_elements(buf, start, start + size, steps):
         if child == _EBML_DOCTYPE and child_size is not None:
             doc_type = (
                 buf[child_start : child_start + child_size]
@@ -884,10 +982,10 @@ def _parse_ebml(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
     # Most files have Info and Tracks in the first few KiB; only a big SeekHead, Void or
     # attachment in front of them justifies reading further.
     head = reader.read_at(0, _HEAD_BYTES)
-    parsed = _ebml_head_facts(head)
+    parsed = _ebml_head_facts(head, reader.steps)
     if parsed is None and len(head) == _HEAD_BYTES:
         head = reader.read_at(0, _EBML_HEAD_BYTES)
-        parsed = _ebml_head_facts(head)
+        parsed = _ebml_head_facts(head, reader.steps)
     if parsed is None:
         raise UnsupportedAudio(f"The {FORMATS[sniffed.format].label} file has no audio track.")
     scale, duration_ticks, audio = parsed
@@ -898,7 +996,8 @@ def _parse_ebml(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
         # Recorders that stream (browsers' MediaRecorder, ffmpeg -live) never go back to
         # write Duration; the last block's timestamp, read from the tail, stands in for it.
         tail_start = max(0, reader.size - _EBML_TAIL_BYTES)
-        last = _ebml_last_block_timestamp(reader.read_at(tail_start, _EBML_TAIL_BYTES))
+        tail = reader.read_at(tail_start, _EBML_TAIL_BYTES)
+        last = _ebml_last_block_timestamp(tail, reader.steps)
         duration = None
         if last is not None:
             duration = last * scale / 1e9 + (audio.default_duration_ns or 0) / 1e9
@@ -910,15 +1009,15 @@ def _parse_ebml(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
             codec = (
                 "aac" if audio.codec_id.startswith("A_AAC") else audio.codec_id.removeprefix("A_")
             )
-    rate = round(audio.sample_rate) if audio.sample_rate else None
+    rate = _checked_int(audio.sample_rate, MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
     return _Parsed(codec, duration, rate, audio.channels)
 
 
-def _ebml_head_facts(head: bytes) -> tuple[int, float | None, _EbmlAudio] | None:
+def _ebml_head_facts(head: bytes, steps: _Steps) -> tuple[int, float | None, _EbmlAudio] | None:
     """(TimestampScale, Duration in ticks or None, first audio track) from the head, or
     None if no audio track was found in it."""
-    _, pos = _ebml_header(head)
-    segment_id, segment_start, segment_size = next(_ebml_elements(head, pos, len(head)))
+    _, pos = _ebml_header(head, steps)
+    segment_id, segment_start, segment_size = next(_ebml_elements(head, pos, len(head), steps))
     if segment_id != _SEGMENT:
         raise _Malformed("no Segment")
     segment_end = (
@@ -927,31 +1026,35 @@ def _ebml_head_facts(head: bytes) -> tuple[int, float | None, _EbmlAudio] | None
 
     scale, duration_ticks, audio = 1_000_000, None, None
     try:
-        for element_id, start, size in _ebml_elements(head, segment_start, segment_end):
+        for element_id, start, size in _ebml_elements(head, segment_start, segment_end, steps):
             if element_id == _CLUSTER or size is None:
                 break  # media data begins; live writers put Info and Tracks before it
             if start + size > len(head):
                 break
             if element_id == _INFO:
-                for child, cstart, csize in _ebml_elements(head, start, start + size):
+                for child, cstart, csize in _ebml_elements(head, start, start + size, steps):
                     if child == _TIMESTAMP_SCALE and csize:
                         scale = _ebml_uint(head, cstart, csize)
                     elif child == _DURATION and csize:
-                        duration_ticks = _ebml_float(head, cstart, csize)
+                        ticks = _ebml_float(head, cstart, csize)
+                        # inf/NaN say nothing: the tail's last block stands in, as when
+                        # a live recorder never wrote Duration.
+                        duration_ticks = ticks if math.isfinite(ticks) else None
             elif element_id == _TRACKS and audio is None:
-                audio = _ebml_first_audio_track(head, start, start + size)
+                audio = _ebml_first_audio_track(head, start, start + size, steps)
     except _Malformed:
         if audio is None:
             raise
     return None if audio is None else (scale, duration_ticks, audio)
 
 
-def _ebml_first_audio_track(buf: bytes, start: int, end: int) -> _EbmlAudio | None:
-    for element_id, entry_start, entry_size in _ebml_elements(buf, start, end):
+def _ebml_first_audio_track(buf: bytes, start: int, end: int, steps: _Steps) -> _EbmlAudio | None:
+    for element_id, entry_start, entry_size in _ebml_elements(buf, start, end, steps):
         if element_id != _TRACK_ENTRY or entry_size is None:
             continue
         track, track_type = _EbmlAudio(channels=1, sample_rate=8000.0), None
-        for child, cstart, csize in _ebml_elements(buf, entry_start, entry_start + entry_size):
+        entry_end = entry_start + entry_size
+        for child, cstart, csize in _ebml_elements(buf, entry_start, entry_end, steps):
             if csize is None:
                 raise _Malformed("unknown-size element inside a track entry")
             size = csize
@@ -964,7 +1067,7 @@ def _ebml_first_audio_track(buf: bytes, start: int, end: int) -> _EbmlAudio | No
             elif child == _DEFAULT_DURATION:
                 track.default_duration_ns = _ebml_uint(buf, cstart, size)
             elif child == _AUDIO:
-                for audio_child, astart, asize in _ebml_elements(buf, cstart, cstart + size):
+                for audio_child, astart, asize in _ebml_elements(buf, cstart, cstart + size, steps):
                     if audio_child == _SAMPLING_FREQUENCY and asize:
                         track.sample_rate = _ebml_float(buf, astart, asize)
                     elif audio_child == _CHANNELS and asize:
@@ -974,7 +1077,7 @@ def _ebml_first_audio_track(buf: bytes, start: int, end: int) -> _EbmlAudio | No
     return None
 
 
-def _ebml_last_block_timestamp(tail: bytes) -> int | None:
+def _ebml_last_block_timestamp(tail: bytes, steps: _Steps) -> int | None:
     """Timestamp (in TimestampScale ticks) of the last block in the last Cluster in `tail`.
 
     Cluster IDs can occur by chance inside block payloads, so a candidate counts only if
@@ -984,18 +1087,18 @@ def _ebml_last_block_timestamp(tail: bytes) -> int | None:
     marker = _CLUSTER.to_bytes(4, "big")
     index = tail.rfind(marker)
     while index >= 0:
-        found = _ebml_cluster_last_timestamp(tail, index)
+        found = _ebml_cluster_last_timestamp(tail, index, steps)
         if found is not None:
             return found
         index = tail.rfind(marker, 0, index)
     return None
 
 
-def _ebml_cluster_last_timestamp(buf: bytes, at: int) -> int | None:
+def _ebml_cluster_last_timestamp(buf: bytes, at: int, steps: _Steps) -> int | None:
     try:
-        _, start, size = next(_ebml_elements(buf, at, len(buf)))
+        _, start, size = next(_ebml_elements(buf, at, len(buf), steps))
         end = len(buf) if size is None else min(len(buf), start + size)
-        children = _ebml_elements(buf, start, end)
+        children = _ebml_elements(buf, start, end, steps)
         first, fstart, fsize = next(children)
         if first != _CLUSTER_TIMESTAMP or not fsize or fsize > 8:
             return None
@@ -1008,7 +1111,7 @@ def _ebml_cluster_last_timestamp(buf: bytes, at: int) -> int | None:
             if csize is None or cstart + csize > len(buf):
                 break
             if child == _BLOCK_GROUP:
-                for inner, istart, isize in _ebml_elements(buf, cstart, cstart + csize):
+                for inner, istart, isize in _ebml_elements(buf, cstart, cstart + csize, steps):
                     if inner == _BLOCK and isize:
                         last = max(last, base + _ebml_block_offset(buf, istart))
             elif child == _SIMPLE_BLOCK:

@@ -15,16 +15,26 @@ Invariants:
   bytes it holds (`covers`: index, sha256, size, start offset of each chunk). A part is
   reused only when its covers equal those of the current layout, so a re-sent chunk (or
   one of a new size, which moves every later offset) makes the parts it touches be sent
-  again under the same part numbers; stale parts past the end are simply not listed in
-  CompleteMultipartUpload. S3 also checks each listed ETag, so a late stale part can
-  fail a completion (it is then retried) but never corrupt an object;
+  again under the same part numbers. S3 also checks each listed ETag, so a late stale
+  part can fail a completion (it is then retried) but never corrupt an object;
+* every part the store holds is in the CompleteMultipartUpload list (Ceph RGW answers
+  InvalidPart otherwise, where AWS and MinIO ignore unlisted parts). A file that got
+  shorter (chunks re-sent smaller) can leave parts past its new end: `finish` sees them
+  in the part rows before sending anything, and lists the upload's parts in S3 right
+  before the commit (a crash may have left a part with no row); either way it aborts
+  the eager upload and the plain path stores the file under a fresh one;
 * staged chunk files stay until the completion succeeds: the audio check and any
   re-send read them, and a crash loses nothing but work;
 * a failure here never fails a chunk upload: it is logged and the work left to
   `complete`;
 * one flusher per session in this process, and `complete`/`abort` take over: they stop
-  it (in-flight parts finish) before they read the parts. Across replicas the ETag
-  check above keeps any overlap safe.
+  it (in-flight parts finish) before they read the parts. Across replicas a pass runs
+  only while it holds the session's work lease (`app.uploads.leasing`): a replica that
+  cannot take it skips the pass (the holder flushes, or `complete` sends the rest); a
+  pass notices a `complete` elsewhere (the session leaves `uploading`) within
+  STATE_CHECK_SECONDS and ends, releasing the lease; part rows are written only while
+  the lease is still held (fenced by its generation). The ETag check above keeps any
+  overlap that slips through safe.
 
 The whole-file SHA-256 is computed once per byte while the parts are read for upload:
 the flusher keeps, in memory, the hash state of the contiguous run of parts it has read,
@@ -64,9 +74,10 @@ from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 import structlog
 
 from app.errors import ChecksumMismatch
+from app.uploads import buffer_budget, leasing
 from app.uploads.assembly import abort_quietly, first_service_error, read_part_body
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
-from app.uploads.ports import ChunkStaging, MultipartObjectStore, SessionStore
+from app.uploads.ports import ChunkStaging, Lease, LeaseStore, MultipartObjectStore, SessionStore
 
 if TYPE_CHECKING:
     from _hashlib import HASH
@@ -76,6 +87,9 @@ log = structlog.get_logger(__name__)
 MAX_PARTS = 10_000
 # How long `complete` waits for an in-flight flush to finish its parts before cancelling.
 TAKE_OVER_WAIT_SECONDS = 60.0
+# How often a pass re-reads the session's state, to stop once a `complete` (on any
+# replica) has claimed it.
+STATE_CHECK_SECONDS = 1.0
 
 
 class CoveredChunk(NamedTuple):
@@ -119,12 +133,24 @@ class EagerResult:
     prefix_rehashed_bytes: int
 
 
+class StalePartsError(Exception):
+    """The eager upload holds parts past the end of the file (see the module doc)."""
+
+
 class PartStore(Protocol):
     async def list_parts(self, session_id: str, upload_id: str) -> list[FlushedPart]: ...
 
     async def record_part(
-        self, session_id: str, upload_id: str, part: FlushedPart, *, now: datetime
-    ) -> None: ...
+        self,
+        session_id: str,
+        upload_id: str,
+        part: FlushedPart,
+        *,
+        now: datetime,
+        lease: Lease | None = None,
+    ) -> bool:
+        """Record the part; with `lease`, only while it is still held (False if not)."""
+        ...
 
     async def clear_parts(self, session_id: str) -> None: ...
 
@@ -231,8 +257,12 @@ class EagerFlusher:
         part_size_bytes: int,
         concurrency: int,
         clock: Callable[[], datetime] = utc_now,
+        leases: LeaseStore | None = None,
+        lease_seconds: float = 10.0,
     ) -> None:
         self.store = store
+        self.leases = leases
+        self._lease_seconds = lease_seconds
         self.parts = parts
         self.staging = staging
         self.objects = objects
@@ -243,7 +273,7 @@ class EagerFlusher:
         self._clock = clock
         # Bounds the part buffers of all background flushes together, so memory stays
         # flat however many sessions upload at once.
-        self._buffers = asyncio.Semaphore(concurrency)
+        self._buffers = buffer_budget.slots(concurrency, part_size_bytes)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._dirty: set[str] = set()
         self._stopped: set[str] = set()
@@ -287,7 +317,8 @@ class EagerFlusher:
             while session_id not in self._stopped:
                 self._dirty.discard(session_id)
                 try:
-                    await self.flush_once(session_id)
+                    if not await self._flush_holding_lease(session_id):
+                        return
                 except Exception as error:  # noqa: BLE001 - complete does the work instead
                     log.warning(
                         "upload.eager_flush_failed",
@@ -301,7 +332,23 @@ class EagerFlusher:
             self._tasks.pop(session_id, None)
             self._wakes.pop(session_id, None)
 
-    async def flush_once(self, session_id: str) -> int:
+    async def _flush_holding_lease(self, session_id: str) -> bool:
+        """One pass under the session's work lease; False when another replica (or a
+        `complete`) holds it, so this one leaves the work to it."""
+        if self.leases is None:
+            await self.flush_once(session_id)
+            return True
+        held = await leasing.try_hold(
+            self.leases, session_id, ttl_seconds=self._lease_seconds, clock=self._clock
+        )
+        if held is None:
+            log.debug("upload.eager_lease_busy", session_id=session_id)
+            return False
+        async with held:
+            await self.flush_once(session_id, held)
+        return True
+
+    async def flush_once(self, session_id: str, held: leasing.HeldLease | None = None) -> int:
         """One pass: send every full part the contiguous chunks cover and S3 does not hold
         yet. Chunks that arrive while its parts are in flight extend the pass (so the
         pipeline of part uploads does not drain between passes). Returns the number of
@@ -315,8 +362,24 @@ class EagerFlusher:
         in_flight: set[asyncio.Task[None]] = set()
         wake = self._wakes.setdefault(session_id, asyncio.Event())
         sent = 0
+        checked_at = time.monotonic()
+        halted = False
+        fence = held.lease if held is not None else None
+
+        async def state_ok() -> bool:
+            """False, for the rest of the pass, once the lease is lost or the session
+            stopped uploading (a `complete` on another replica waits for us to let go)."""
+            nonlocal checked_at, halted
+            if held is not None and held.lost.is_set():
+                halted = True
+            elif time.monotonic() - checked_at >= STATE_CHECK_SECONDS:
+                checked_at = time.monotonic()
+                current = await self.store.get(session_id)
+                halted = current is None or current.state is not SessionState.UPLOADING
+            return not halted
+
         async with asyncio.TaskGroup() as group:
-            while session_id not in self._stopped:
+            while session_id not in self._stopped and not halted:
                 self._dirty.discard(session_id)
                 wake.clear()
                 listed = await self.store.list_chunks(session_id)
@@ -369,7 +432,7 @@ class EagerFlusher:
                 )
                 try:
                     for part in work:
-                        if session_id in self._stopped:
+                        if session_id in self._stopped or not await state_ok():
                             break
                         await self._buffers.acquire()
                         try:
@@ -380,14 +443,16 @@ class EagerFlusher:
                         except BaseException:
                             self._buffers.release()
                             raise
-                        held = recorded.get(part.part_number)
-                        if held is not None and held.holds(part):
+                        stored = recorded.get(part.part_number)
+                        if stored is not None and stored.holds(part):
                             self._buffers.release()  # read only to extend the hash
                             del data
                             continue
                         sent += 1
                         launched[part.part_number] = part
-                        task = group.create_task(self._send(session_id, upload_id, key, part, data))
+                        task = group.create_task(
+                            self._send(session_id, upload_id, key, part, data, fence)
+                        )
                         # Only the task may hold the part: this frame lives on while the
                         # flusher waits for more chunks (8 MiB per session otherwise).
                         del data
@@ -415,7 +480,13 @@ class EagerFlusher:
         return sent
 
     async def _send(
-        self, session_id: str, upload_id: str, key: str, part: PlannedPart, data: io.BytesIO
+        self,
+        session_id: str,
+        upload_id: str,
+        key: str,
+        part: PlannedPart,
+        data: io.BytesIO,
+        fence: Lease | None = None,
     ) -> None:
         try:
             etag = await self.objects.upload_part(key, upload_id, part.part_number, data)
@@ -427,6 +498,7 @@ class EagerFlusher:
             upload_id,
             FlushedPart(part.part_number, part.size_bytes, etag, part.covers),
             now=self._clock(),
+            lease=fence,
         )
 
     @staticmethod
@@ -551,6 +623,10 @@ class EagerFlusher:
             return await self._finish(
                 session.id, upload_id, target.key, chunks, plan, expected_sha256
             )
+        except StalePartsError as stale:
+            log.info("upload.eager_upload_dropped", session_id=session.id, reason=str(stale))
+            await asyncio.shield(self.discard(session))
+            return None
         except BaseException:
             await asyncio.shield(self.discard(session))
             raise
@@ -565,6 +641,9 @@ class EagerFlusher:
         expected_sha256: str | None,
     ) -> EagerResult:
         recorded = {p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)}
+        beyond = sorted(n for n in recorded if n > len(plan))
+        if beyond:
+            raise StalePartsError(f"parts {beyond} lie past the end of the file")
         digest = self._digests.get(session_id)
         hashed = digest.rewind_to(plan) if digest and digest.upload_id == upload_id else 0
         state = digest.state() if digest and hashed else hashlib.sha256()
@@ -578,7 +657,7 @@ class EagerFlusher:
             p.size_bytes for p in work if p.part_number in etags and p.part_number > hashed
         )
         sent = 0
-        slots = asyncio.Semaphore(self._concurrency)
+        slots = buffer_budget.slots(self._concurrency, self._part_size_bytes)
 
         def read(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
             data = _read_part(stream, part)
@@ -617,6 +696,10 @@ class EagerFlusher:
                 "The assembled file's SHA-256 does not match the declared sha256.",
                 details={"expected": expected_sha256, "actual": sha256},
             )
+        # The Ceph rule: nothing in the upload that the commit would leave unlisted.
+        unlisted = sorted(set(await self.objects.list_parts(key, upload_id)) - set(etags))
+        if unlisted:
+            raise StalePartsError(f"S3 holds parts {unlisted} past the end of the file")
         sent_at = time.perf_counter()
         await self.objects.finish(key, upload_id, [etags[p.part_number] for p in plan])
         committed_at = time.perf_counter()

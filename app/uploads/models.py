@@ -92,12 +92,24 @@ class CompleteRequest:
     total_chunks: int
     main_service_file_id: int
     sha256: str | None = None
+    # The front door the file came through, for the webhook: "chunks", "tus", "ietf".
+    protocol: str = "chunks"
+
+
+@dataclass(frozen=True)
+class AppendChecksum:
+    """A checksum the client declared for the bytes of one append (tus Upload-Checksum)."""
+
+    algorithm: str  # a hashlib name: "sha1", "md5", "sha256"
+    expected: bytes
 
 
 @dataclass(frozen=True)
 class CompletionOutcome:
     result: dict[str, Any]
-    notified: bool = True
+    # True: the main service has the event; False: queued for retry; None: no main
+    # service is configured (MAIN_SERVICE_NOTIFY_URL unset), so nobody was told.
+    notified: bool | None = True
 
 
 @dataclass(frozen=True)
@@ -108,8 +120,21 @@ class SessionView:
 
     @property
     def received_chunks(self) -> list[int]:
+        if self._completed_without_chunk_rows():
+            # Chunk rows go when a session completes; it had chunks 0..total_chunks-1.
+            return list(range(self.session.total_chunks or 0))
         return sorted(chunk.index for chunk in self.chunks)
 
     @property
     def received_bytes(self) -> int:
+        if self._completed_without_chunk_rows():
+            assert self.session.result is not None
+            return int(self.session.result.get("size", 0))
         return sum(chunk.size_bytes for chunk in self.chunks)
+
+    def _completed_without_chunk_rows(self) -> bool:
+        return (
+            self.state is SessionState.COMPLETED
+            and not self.chunks
+            and self.session.result is not None
+        )

@@ -1,6 +1,19 @@
 """The narrow interfaces the domain needs. Adapters in `app.storage` implement them.
 
 They are declared here, where they are used, so the domain never imports a vendor.
+
+Leases (`LeaseStore`, issue 13): work that must happen once per session across replicas
+(eager flush, complete; a tus PATCH writer later) is done by whoever holds the session's
+lease of that name. A lease is short (`COMPLETION_LEASE_SECONDS`) and renewed while held
+(`app.uploads.leasing.hold` does both as an async context manager); once it lapses anyone
+may take it, and each taking raises its `generation`, the fencing token: every write a
+holder makes that others could race is conditional on its generation, so a holder that
+paused past its lease (GC, a frozen VM) can no longer write. Usage:
+
+    held = await leasing.try_hold(leases, session_id, "work", ttl_seconds=10)
+    if held is not None:
+        async with held:                 # renewed every ttl/3 until the block ends
+            ...                          # held.lease.generation fences the writes
 """
 
 from __future__ import annotations
@@ -59,7 +72,8 @@ class SessionStore(Protocol):
     async def claim_completion(
         self, session_id: str, *, now: datetime, lease_expires_at: datetime
     ) -> bool:
-        """uploading (or completing with a lapsed lease) -> completing; False if not won."""
+        """uploading -> completing; True when the session is completing now (claimed
+        here or before: the work lease says who does the work), False otherwise."""
         ...
 
     async def remember_multipart_upload(
@@ -73,13 +87,20 @@ class SessionStore(Protocol):
         now: datetime,
         result: dict[str, Any],
         event: OutboxEvent | None = None,
+        lease: Lease | None = None,
+        total_chunks: int | None = None,
     ) -> bool:
         """completing -> completed, storing the result and, when given, its outbox event,
-        in one transaction: a completed session always has its event, and vice versa."""
+        in one transaction: a completed session always has its event, and vice versa.
+        With `lease`, only while that lease is still held (fenced by its generation).
+        The session's chunk and part records go (`total_chunks` is kept instead)."""
         ...
 
-    async def release_completion(self, session_id: str, *, now: datetime) -> None:
-        """completing -> uploading after a failed attempt, so the client can retry."""
+    async def release_completion(
+        self, session_id: str, *, now: datetime, lease: Lease | None = None
+    ) -> None:
+        """completing -> uploading after a failed attempt, so the client can retry (with
+        `lease`: only while it is still held)."""
         ...
 
     async def set_state(
@@ -91,7 +112,21 @@ class SessionStore(Protocol):
         only_from: Sequence[SessionState],
     ) -> bool: ...
 
+    async def staged_bytes_of(self, owner_sub: str) -> int:
+        """Bytes of the chunks recorded for the owner's open (uploading, completing)
+        sessions."""
+        ...
+
     async def ping(self) -> None: ...
+
+    async def chunk_totals(self, session_id: str) -> tuple[int, int]:
+        """(number of chunks, their bytes): an append's offset without listing them."""
+        ...
+
+    async def set_total_size(self, session_id: str, total_size: int) -> bool:
+        """Fix a size that was left open at creation (a deferred length); False if the
+        session has a size already."""
+        ...
 
 
 class ChunkWriter(Protocol):
@@ -118,6 +153,14 @@ class ChunkStaging(Protocol):
 
     async def remove_chunk(self, session_id: str, file_name: str) -> None: ...
 
+    async def move_chunk(
+        self, from_session_id: str, file_name: str, to_session_id: str, index: int
+    ) -> str:
+        """Move a staged chunk into another session as `index` (a rename, or a server-side
+        copy, never through this process);
+        returns its new file name."""
+        ...
+
     async def remove_temp(self, staged: StagedFile) -> None: ...
 
     async def remove_session(self, session_id: str) -> None: ...
@@ -140,6 +183,10 @@ class MultipartObjectStore(Protocol):
 
     async def finish(self, key: str, upload_id: str, etags: Sequence[str]) -> None: ...
 
+    async def list_parts(self, key: str, upload_id: str) -> list[int]:
+        """The part numbers the store holds for an unfinished upload."""
+        ...
+
     async def abort(self, key: str, upload_id: str) -> None: ...
 
     def url_for(self, key: str) -> str: ...
@@ -148,6 +195,39 @@ class MultipartObjectStore(Protocol):
     def bucket(self) -> str: ...
 
     async def check(self) -> None: ...
+
+
+# --- leases across replicas -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    session_id: str
+    name: str
+    holder: str
+    generation: int
+    expires_at: datetime
+
+
+class LeaseStore(Protocol):
+    """Per-session named leases with a fencing generation, kept in the shared database."""
+
+    async def acquire(
+        self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
+    ) -> Lease | None:
+        """Take the lease if nobody holds it or its holder let it lapse (the generation
+        goes up by one); None while another holder's lease runs."""
+        ...
+
+    async def renew(self, lease: Lease, *, now: datetime, ttl_seconds: float) -> Lease | None:
+        """Extend a lease still ours (same generation); None once taken over."""
+        ...
+
+    async def release(self, lease: Lease, *, now: datetime) -> None:
+        """Let it lapse now if still ours; the generation stays, so it keeps growing."""
+        ...
+
+    async def current(self, session_id: str, name: str) -> Lease | None: ...
 
 
 # --- main-service notification ---------------------------------------------------------
@@ -177,3 +257,52 @@ class CompletionNotifier(Protocol):
     async def session_event(self, session_id: str) -> str | None:
         """The id of the session's completion event, if one was written."""
         ...
+
+
+# --- one writer per upload (the resumable front doors) ----------------------------------
+
+
+class LeaseState(Enum):
+    HELD = "held"
+    RELEASE_REQUESTED = "release_requested"  # another request is waiting: finish up
+    LOST = "lost"  # expired and taken (or released): write nothing more
+
+
+class UploadLocks(Protocol):
+    """At most one request appends to an upload at a time, across processes and replicas:
+    the session's `append` lease in the same `LeaseStore` rows as eager flush and
+    completion use, plus a flag by which a waiting request asks the holder to let go.
+
+    A lease lapses `ttl_seconds` after its last renewal, so a dead holder (a killed
+    process) blocks others for seconds; a live holder renews it while its request runs
+    and gives it up when another request asks for it (its client is presumably gone)."""
+
+    async def acquire(self, session_id: str, *, ttl_seconds: float) -> Lease | None:
+        """The lease if it is free or lapsed; None while another holder has it."""
+        ...
+
+    async def renew(self, lease: Lease, *, ttl_seconds: float) -> LeaseState: ...
+
+    async def request_release(self, session_id: str) -> None:
+        """Ask the current holder to finish early (it sees RELEASE_REQUESTED on renew)."""
+        ...
+
+    async def release(self, lease: Lease) -> None: ...
+
+
+@dataclass(frozen=True)
+class ResumableRecord:
+    """What a resumable front door keeps beside the session: which protocol created it
+    ("tus", "ietf"), the tus `Upload-Metadata` header as sent (echoed on HEAD), and for
+    tus concatenation whether the upload is a "partial" or the "final" one."""
+
+    session_id: str
+    protocol: str
+    metadata: str | None = None
+    concat: str | None = None
+
+
+class ResumableRecords(Protocol):
+    async def create(self, record: ResumableRecord) -> None: ...
+
+    async def get(self, session_id: str) -> ResumableRecord | None: ...

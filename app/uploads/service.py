@@ -5,7 +5,14 @@ Invariants:
 * a chunk becomes part of a session only once fully written, verified and renamed, and
   its record commits only while the session is still uploading, so a completion never
   reads a chunk that changes under it;
-* exactly one request at a time holds a session in `completing` (a lease in the store);
+* a session's once-only work (eager flush, complete) is done by whoever holds its work
+  lease (`ports.LeaseStore`, a row in the shared database with a fencing generation),
+  so any replica may answer any call. The lease is short (COMPLETION_LEASE_SECONDS) and
+  renewed while held: a holder killed mid-complete is replaced within that time;
+* `complete` marks the session `completing` (no more chunks), then takes the work lease.
+  A second `complete` (on any replica) waits for the holder: it answers the holder's
+  result once the session is completed, takes the work over once the lease lapses (the
+  holder died), or answers 409 `completion_in_progress` after about 1.5 leases;
 * a failed completion leaves the session completable and nothing in the bucket;
 * with a notifier, a session becomes completed in the same transaction that writes its
   `upload.completed` outbox event, so the main service hears of every stored file.
@@ -14,10 +21,11 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import mimetypes
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
@@ -32,6 +40,7 @@ from app.errors import (
     FileIdMismatch,
     FileTooLarge,
     Forbidden,
+    OffsetMismatch,
     SessionExpired,
     SessionNotAcceptingChunks,
     SessionNotCompletable,
@@ -39,13 +48,16 @@ from app.errors import (
     SizeMismatch,
     TooManyOpenSessions,
     UnsupportedAudio,
+    UploadChecksumMismatch,
+    UploadLengthExceeded,
     ValidationFailed,
 )
-from app.uploads import audio
+from app.uploads import audio, leasing
 from app.uploads.assembly import hash_stream, upload_in_parts
 from app.uploads.audio import AudioFacts
 from app.uploads.eager import EagerFlusher, ObjectTarget, PartStore
 from app.uploads.models import (
+    AppendChecksum,
     CompleteRequest,
     CompletionOutcome,
     InitRequest,
@@ -57,18 +69,27 @@ from app.uploads.models import (
     UploadSession,
     utc_now,
 )
-from app.uploads.naming import build_object_key, file_extension
+from app.uploads.naming import (
+    build_object_key,
+    check_file_name,
+    file_extension,
+    legacy_object_key,
+)
 from app.uploads.ports import (
     ChunkRecordOutcome,
     ChunkStaging,
     ChunkWriter,
     CompletionNotifier,
+    LeaseStore,
     MultipartObjectStore,
     OutboxEvent,
     SessionStore,
 )
 
 log = structlog.get_logger(__name__)
+
+# How often a `complete` waiting for another holder's lease looks again.
+LEASE_POLL_SECONDS = 0.25
 
 # Content types by extension, used until the bytes themselves are inspected.
 _EXTENSION_CONTENT_TYPES = {
@@ -126,6 +147,7 @@ class UploadService:
         clock: Callable[[], datetime] = utc_now,
         notifier: CompletionNotifier | None = None,
         parts: PartStore | None = None,
+        leases: LeaseStore | None = None,
     ) -> None:
         self.store = store
         self.staging = staging
@@ -135,6 +157,10 @@ class UploadService:
         self._sniff_head = sniff_head
         self._clock = clock
         self._notifier = notifier
+        # Without a shared store (tests, one process) the leases live in this process.
+        self.leases: LeaseStore = leases if leases is not None else leasing.MemoryLeaseStore()
+        # Writes are fenced in the store only when the leases live in the same database.
+        self._fenced = leases is not None
         # Eager flush (issue 7): parts go to S3 while chunks arrive; off without a PartStore.
         self.eager: EagerFlusher | None = None
         if parts is not None and policy.eager_flush:
@@ -148,6 +174,8 @@ class UploadService:
                 part_size_bytes=policy.part_size_bytes,
                 concurrency=policy.part_concurrency,
                 clock=clock,
+                leases=self.leases,
+                lease_seconds=policy.completion_lease_seconds,
             )
 
     # ----------------------------------------------------------------------- init
@@ -168,8 +196,9 @@ class UploadService:
                 details={"max_chunk_size": policy.max_chunk_size},
             )
         now = self._clock()
+        session_id = str(uuid.uuid4())
         session = UploadSession(
-            id=str(uuid.uuid4()),
+            id=session_id,
             owner_sub=principal.sub,
             main_service_file_id=request.main_service_file_id,
             original_file_name=request.original_file_name,
@@ -182,6 +211,14 @@ class UploadService:
             chunk_size=request.chunk_size,
             sha256=request.sha256.lower() if request.sha256 else None,
             content_type=request.content_type,
+            # Stored at init: the key rule may change, a session's key never does.
+            object_key=build_object_key(
+                policy.key_prefix,
+                principal.sub,
+                request.main_service_file_id,
+                session_id,
+                request.original_file_name,
+            ),
         )
         limit = policy.max_open_sessions_per_user
         if not limit:
@@ -199,6 +236,14 @@ class UploadService:
     # ---------------------------------------------------------------------- chunk
     def new_chunk_writer(self) -> ChunkWriter:
         return self.staging.new_writer(max_bytes=self.policy.max_chunk_size)
+
+    def new_append_writer(self) -> ChunkWriter:
+        """A staging writer for one piece of a byte-stream append (tus, IETF)."""
+        return self.staging.new_writer(max_bytes=self._append_piece_bytes)
+
+    @property
+    def _append_piece_bytes(self) -> int:
+        return min(self.policy.part_size_bytes, self.policy.max_chunk_size)
 
     async def check_can_receive(self, principal: Principal, session_id: str) -> UploadSession:
         """Fails fast, before any chunk byte is read, when the chunk would be refused."""
@@ -219,6 +264,7 @@ class UploadService:
         chunk_sha256: str | None = None,
         *,
         checked: UploadSession | None = None,
+        flush_eagerly: bool = True,
     ) -> StoredChunk:
         """Make a fully written temp file chunk `index` of the session, replacing any
         earlier one. On any refusal the temp file is removed. `checked`: the session as
@@ -271,9 +317,178 @@ class UploadService:
             size_bytes=chunk.size_bytes,
             replaced=recorded.replaced is not None,
         )
-        if self.eager is not None:
+        if self.eager is not None and flush_eagerly:
             self.eager.poke(session_id, index=index, size_bytes=chunk.size_bytes)
         return chunk
+
+    # ------------------------------------------------- byte-stream appends (tus, IETF)
+    async def append(
+        self,
+        principal: Principal,
+        session_id: str,
+        *,
+        offset: int,
+        body: AsyncIterable[bytes],
+        checksum: AppendChecksum | None = None,
+        fence: Callable[[], Awaitable[None]] | None = None,
+        flush_eagerly: bool = True,
+        new_writer: Callable[[], ChunkWriter] | None = None,
+    ) -> int:
+        """Append a byte stream at `offset` (which must be the bytes held now); returns
+        the new offset.
+
+        The stream is staged in pieces of `part_size_bytes`, each recorded as the next
+        chunk as soon as it is whole, so memory stays bounded and a long body that is cut
+        off keeps what arrived: when `body` simply ends early (the front door ends it on a
+        disconnect), the last partial piece is recorded too. With a `checksum`, nothing is
+        recorded until the whole body has matched it; on a mismatch every piece is
+        dropped and the offset is unchanged. `fence` runs before each record and raises if
+        this writer may no longer write (its upload lease was lost). The caller ensures a
+        single writer per upload. `new_writer` makes each piece's writer (the front door
+        wraps `new_append_writer` to count the bytes against the caller's quota)."""
+        session = await self.check_can_receive(principal, session_id)
+        index, held = await self.store.chunk_totals(session_id)
+        if offset != held:
+            raise OffsetMismatch(details={"offset": held})
+        limit = session.total_size if session.total_size is not None else self.policy.max_file_size
+        room = limit - held
+        piece_bytes = self._append_piece_bytes
+        make_writer = new_writer or self.new_append_writer
+        digest = hashlib.new(checksum.algorithm) if checksum is not None else None
+        held_back: list[StagedFile] = []
+        writer: ChunkWriter | None = None
+        appended = 0
+
+        async def record(staged: StagedFile) -> None:
+            nonlocal index
+            if fence is not None:
+                try:
+                    await fence()
+                except BaseException:
+                    await self.staging.remove_temp(staged)
+                    raise
+            await self.accept_chunk(
+                principal, session_id, index, staged, checked=session, flush_eagerly=flush_eagerly
+            )
+            index += 1
+
+        try:
+            async for data in body:
+                view = memoryview(data)
+                while view:
+                    if writer is None:
+                        writer = make_writer()
+                    piece = view[: piece_bytes - writer.size_bytes]
+                    view = view[len(piece) :]
+                    if appended + len(piece) > room:
+                        if session.total_size is None:
+                            raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
+                        raise UploadLengthExceeded(details={"length": session.total_size})
+                    if digest is not None:
+                        digest.update(piece)
+                    await writer.write(piece)
+                    appended += len(piece)
+                    if writer.size_bytes >= piece_bytes:
+                        staged, writer = await writer.finish(), None
+                        if digest is not None:
+                            held_back.append(staged)
+                        else:
+                            await record(staged)
+            if writer is not None:
+                staged, writer = await writer.finish(), None
+                if staged.size_bytes and digest is not None:
+                    held_back.append(staged)
+                elif staged.size_bytes:
+                    await record(staged)
+                else:
+                    await self.staging.remove_temp(staged)
+            if digest is not None and checksum is not None:
+                if digest.digest() != checksum.expected:
+                    raise UploadChecksumMismatch(details={"offset": held})
+                while held_back:
+                    await record(held_back.pop(0))
+        except BaseException:
+            if writer is not None:
+                await writer.discard()
+            for staged in held_back:
+                await self.staging.remove_temp(staged)
+            raise
+        return held + appended
+
+    async def declare_size(
+        self, principal: Principal, session_id: str, total_size: int
+    ) -> UploadSession:
+        """Fix the size of an upload created without one (tus creation-defer-length)."""
+        session = await self.check_can_receive(principal, session_id)
+        if total_size > self.policy.max_file_size:
+            raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
+        if session.total_size is not None:
+            if session.total_size != total_size:
+                raise ValidationFailed(
+                    "The upload's length is already set.", details={"length": session.total_size}
+                )
+            return session
+        held = sum(chunk.size_bytes for chunk in await self.store.list_chunks(session_id))
+        if total_size < held:
+            raise ValidationFailed(
+                "The length is less than the bytes already received.", details={"offset": held}
+            )
+        if not await self.store.set_total_size(session_id, total_size):
+            current = await self.store.get(session_id)
+            if current is None or current.total_size != total_size:
+                raise ValidationFailed("The upload's length is already set.")
+        return replace(session, total_size=total_size)
+
+    async def concatenate(
+        self, principal: Principal, target_id: str, source_ids: Sequence[str]
+    ) -> int:
+        """Move the staged bytes of finished uploads (tus partial uploads), in order, into
+        `target_id` as its chunks, without copying them; returns the bytes moved. Each
+        source is closed (state aborted) before its chunks move, so nothing can be
+        appended to it meanwhile; its records stay until the janitor purges them."""
+        target = await self.check_can_receive(principal, target_id)
+        index = len(await self.store.list_chunks(target_id))
+        sources: list[tuple[UploadSession, list[StoredChunk]]] = []
+        for source_id in source_ids:
+            source = await self.check_can_receive(principal, source_id)
+            chunks = sorted(await self.store.list_chunks(source_id), key=lambda c: c.index)
+            size = sum(chunk.size_bytes for chunk in chunks)
+            if source.total_size is None or size != source.total_size:
+                raise ValidationFailed(
+                    "A partial upload is not finished.", details={"upload": source_id}
+                )
+            sources.append((source, chunks))
+        total = sum(sum(c.size_bytes for c in chunks) for _, chunks in sources)
+        if total > self.policy.max_file_size:
+            raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
+        if target.total_size is None:
+            await self.store.set_total_size(target_id, total)
+        for source, chunks in sources:
+            closed = await self.store.set_state(
+                source.id,
+                now=self._clock(),
+                state=SessionState.ABORTED,
+                only_from=[SessionState.UPLOADING],
+            )
+            if not closed:
+                raise SessionNotAcceptingChunks(details={"upload": source.id})
+            for chunk in chunks:
+                name = await self.staging.move_chunk(source.id, chunk.file_name, target_id, index)
+                now = self._clock()
+                recorded = await self.store.record_chunk(
+                    target_id,
+                    replace(chunk, index=index, file_name=name),
+                    now=now,
+                    expires_at=self._expiry_from(now),
+                    max_session_bytes=self.policy.max_file_size,
+                )
+                if recorded.outcome is not ChunkRecordOutcome.RECORDED:
+                    await self.staging.remove_chunk(target_id, name)
+                    raise SessionNotAcceptingChunks(details={"upload": target_id})
+                index += 1
+            await self.staging.remove_session(source.id)
+        log.info("upload.concatenated", session_id=target_id, sources=len(sources), size=total)
+        return total
 
     # ------------------------------------------------------------------- complete
     async def complete(self, principal: Principal, request: CompleteRequest) -> CompletionOutcome:
@@ -310,18 +525,64 @@ class UploadService:
         )
         if not claimed:
             return await self._outcome_of_another_completion(session.id)
-        try:
+        held = await self._hold_work_lease(session.id)
+        if held is None:
+            return await self._outcome_of_another_completion(session.id)
+        async with held:
+            return await self._complete_holding(session, request, declared_sha, held)
+
+    async def _hold_work_lease(self, session_id: str) -> leasing.HeldLease | None:
+        """The session's work lease, waiting (with a deadline) for a live holder to finish
+        or a dead one's lease to lapse; None once the session is no longer completing or
+        the wait is over."""
+        if self.eager is not None:
+            # Stop this process's background flush first: it holds the lease while it runs.
+            waited = time.perf_counter()
+            await self.eager.take_over(session_id)
+            log.info(
+                "upload.eager_taken_over",
+                session_id=session_id,
+                waited_seconds=round(time.perf_counter() - waited, 3),
+            )
+        ttl_seconds = self.policy.completion_lease_seconds
+        deadline = time.monotonic() + 1.5 * ttl_seconds + 1
+        while True:
+            held = await leasing.try_hold(
+                self.leases, session_id, ttl_seconds=ttl_seconds, clock=self._clock
+            )
+            if held is not None:
+                if held.generation > 1:
+                    log.info(
+                        "upload.lease_taken", session_id=session_id, generation=held.generation
+                    )
+                return held
+            current = await self.store.get(session_id)
+            if (
+                current is None
+                or current.state is not SessionState.COMPLETING
+                or time.monotonic() >= deadline
+            ):
+                if self.eager is not None:
+                    self.eager.release(session_id)
+                return None
+            await asyncio.sleep(LEASE_POLL_SECONDS)
+
+    async def _complete_holding(
+        self,
+        session: UploadSession,
+        request: CompleteRequest,
+        declared_sha: str | None,
+        held: leasing.HeldLease,
+    ) -> CompletionOutcome:
+        # Re-read under the lease: another holder may have finished (or released) it, and
+        # the row names the multipart upload a flush (on any replica) opened.
+        current = await self.store.get(session.id)
+        if current is None or current.state is not SessionState.COMPLETING:
             if self.eager is not None:
-                # Complete owns the session now: stop its background flush, then re-read
-                # the row, which names the multipart upload the flush opened (if any).
-                waited = time.perf_counter()
-                await self.eager.take_over(session.id)
-                log.info(
-                    "upload.eager_taken_over",
-                    session_id=session.id,
-                    waited_seconds=round(time.perf_counter() - waited, 3),
-                )
-                session = await self.store.get(session.id) or session
+                self.eager.release(session.id)
+            return await self._outcome_of_another_completion(session.id)
+        session = current
+        try:
             # Chunks cannot change any more: re-read the records we now own.
             chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
             self._check_chunk_set(chunks, request.total_chunks)
@@ -330,18 +591,27 @@ class UploadService:
             if self.eager is not None:
                 await asyncio.shield(self._discard_eager(session))
                 self.eager.release(session.id)
-            await asyncio.shield(self.store.release_completion(session.id, now=self._clock()))
+            await asyncio.shield(
+                self.store.release_completion(
+                    session.id, now=self._clock(), lease=held.lease if self._fenced else None
+                )
+            )
             raise
         if self.eager is not None:
             self.eager.forget(session.id)
         finished_at = self._clock()
         event = (
-            self._completed_event(session, result, finished_at)
+            self._completed_event(session, result, finished_at, request.protocol)
             if self._notifier is not None
             else None
         )
         committed = await self.store.finish_completion(
-            session.id, now=finished_at, result=result, event=event
+            session.id,
+            now=finished_at,
+            result=result,
+            event=event,
+            lease=held.lease if self._fenced else None,
+            total_chunks=request.total_chunks,
         )
         if not committed:
             # Our lease lapsed and the session was taken from us (released by the janitor
@@ -349,7 +619,7 @@ class UploadService:
             # if any, is the answer.
             return await self._outcome_of_another_completion(session.id)
         await self.staging.remove_session(session.id)
-        notified = True
+        notified: bool | None = None
         if event is not None and self._notifier is not None:
             notified = await self._notifier.attempt_now(event.event_id)
         log.info(
@@ -358,12 +628,13 @@ class UploadService:
             key=result["key"],
             size_bytes=result["size"],
             notified=notified,
+            lease_generation=held.generation,
         )
         return CompletionOutcome(result=result, notified=notified)
 
     @staticmethod
     def _completed_event(
-        session: UploadSession, result: dict[str, Any], now: datetime
+        session: UploadSession, result: dict[str, Any], now: datetime, protocol: str = "chunks"
     ) -> OutboxEvent:
         """The `upload.completed` event: the contract's fields, then any audio facts
         (duration_seconds, codec, ...) the completion found."""
@@ -382,6 +653,7 @@ class UploadService:
             "size": result["size"],
             "sha256": result["sha256"],
             "content_type": result["content_type"],
+            "protocol": protocol,
         }
         for name, value in result.items():
             if name != "file_path_on_upload_service" and name not in payload:
@@ -401,10 +673,10 @@ class UploadService:
         An event still pending gets one more attempt if it is due; a delivered one is
         never sent again."""
         if self._notifier is None:
-            return outcome
+            return replace(outcome, notified=None)
         event_id = await self._notifier.session_event(session_id)
         if event_id is None:  # completed while notifications were switched off
-            return outcome
+            return replace(outcome, notified=None)
         notified = await self._notifier.attempt_now(event_id)
         return replace(outcome, notified=notified)
 
@@ -503,7 +775,7 @@ class UploadService:
     def _object_target(self, session: UploadSession) -> ObjectTarget:
         """Where the session's object goes. Deterministic, so an eager flush started
         before the bytes were inspected names the same object as `complete`."""
-        key = build_object_key(
+        key = session.object_key or legacy_object_key(
             self.policy.key_prefix,
             session.owner_sub,
             session.main_service_file_id,
@@ -608,12 +880,7 @@ class UploadService:
             raise SessionExpired()
         if state in (SessionState.ABORTED, SessionState.FAILED):
             raise SessionNotCompletable(details={"state": state.value})
-        if (
-            state is SessionState.COMPLETING
-            and session.lease_expires_at is not None
-            and session.lease_expires_at > now
-        ):
-            raise CompletionInProgress()
+        # completing: the work lease decides whether to wait for its holder or take over.
         return None
 
     def _check_file_id_claim(self, principal: Principal, main_service_file_id: int) -> None:
@@ -621,14 +888,7 @@ class UploadService:
             raise Forbidden("The token's file_id claim does not match main_service_file_id.")
 
     def _check_file_name(self, file_name: str) -> None:
-        if "\x00" in file_name:
-            raise ValidationFailed("original_file_name must not contain NUL characters.")
-        extension = file_extension(file_name)
-        if extension not in self.policy.allowed_extensions:
-            raise ValidationFailed(
-                "original_file_name must have an allowed audio extension.",
-                details={"allowed_extensions": sorted(self.policy.allowed_extensions)},
-            )
+        check_file_name(file_name, self.policy.allowed_extensions)
 
     def _check_index(self, session: UploadSession, index: int) -> None:
         limit = self.policy.max_chunks

@@ -79,7 +79,11 @@ def small_filesystem(tmp_path: Path) -> Iterator[Path]:
 async def test_full_staging_filesystem_gives_507_and_no_partial_file(
     settings_factory, keypair, long_wav, small_filesystem
 ):
-    settings = settings_factory(local_temp_chunk_path=small_filesystem / "staging")
+    # No free-space reserve here: the point is a real ENOSPC (the reserve is tested in
+    # tests/api/test_hostile_edge.py).
+    settings = settings_factory(
+        local_temp_chunk_path=small_filesystem / "staging", staging_min_free_bytes=0
+    )
     async with running(create_app(settings)) as client:
         api = UploadApi(client, keypair)
         session_id = await api.session()

@@ -25,6 +25,9 @@ class CountingKeys:
         self.lookups += 1
         return await self._keys.key_for(token)
 
+    async def close(self) -> None:
+        await self._keys.close()
+
 
 class Clock:
     def __init__(self) -> None:

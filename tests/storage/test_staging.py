@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import ChunkTooLarge
+from app.errors import ChunkTooLarge, StagingFull
 from app.storage.staging import WRITE_BLOCK_BYTES, DiskStaging
 
 
@@ -113,3 +113,33 @@ async def test_a_request_cancelled_mid_block_leaves_nothing(staging: DiskStaging
 
     assert list(staging.incoming_dir.iterdir()) == []
     assert staging.used_bytes == 0
+
+
+async def test_the_readiness_probe_leaves_the_cap_counter_alone(staging: DiskStaging) -> None:
+    # It used to re-measure the tree without the lock, dropping in-flight reservations.
+    writer = staging.new_writer(max_bytes=10 * WRITE_BLOCK_BYTES)
+    await writer.write(bytes(WRITE_BLOCK_BYTES))
+    await writer.write(bytes(100))  # still gathering: not on disk yet
+    reserved = WRITE_BLOCK_BYTES + 100
+    for _ in range(3):
+        await staging.check()
+    assert staging.used_bytes == reserved
+    await writer.discard()
+    assert staging.used_bytes == 0
+
+
+async def test_a_write_that_would_eat_the_free_space_reserve_is_refused(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    staging = DiskStaging(tmp_path / "staging", min_free_bytes=free + 1)
+    staging.prepare()
+    writer = staging.new_writer(max_bytes=WRITE_BLOCK_BYTES)
+    with pytest.raises(StagingFull) as refused:
+        await writer.write(bytes(100))
+    assert refused.value.details == {"staging_min_free_bytes": free + 1}
+    await writer.discard()
+    assert staging.used_bytes == 0
+    roomy = DiskStaging(tmp_path / "roomy", min_free_bytes=1)
+    roomy.prepare()
+    writer = roomy.new_writer(max_bytes=WRITE_BLOCK_BYTES)
+    await writer.write(bytes(100))
+    await writer.discard()

@@ -1,0 +1,107 @@
+"""Holding an upload's writer lease for the length of one appending request.
+
+Taking it: if another request holds it, ask that holder to finish (it sees
+RELEASE_REQUESTED at its next renewal and ends its body, keeping what it got), then poll
+until it is free, for at most the lease's TTL plus a little: a live holder lets go within
+one renewal interval, a dead one's lease lapses within the TTL. Beyond that: 423.
+
+Holding it: a background task renews it every TTL/4. `fence()` runs before each piece is
+recorded and refuses (423) once the lease is known lost, or could be (no successful
+renewal for most of a TTL), so a writer that was replaced never records over the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import structlog
+
+from app.errors import UploadLocked
+from app.uploads.ports import Lease, LeaseState, UploadLocks
+
+log = structlog.get_logger(__name__)
+
+POLL_SECONDS = 0.1
+
+
+class HeldUpload:
+    def __init__(
+        self,
+        locks: UploadLocks,
+        session_id: str,
+        *,
+        ttl_seconds: float,
+        on_release_requested: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._locks = locks
+        self._session_id = session_id
+        self._ttl = ttl_seconds
+        self.on_release_requested = on_release_requested
+        self._lease: Lease | None = None
+        self._renewed_at = 0.0
+        self._lost = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> HeldUpload:
+        deadline = time.monotonic() + self._ttl + 2
+        asked = False
+        while True:
+            lease = await self._locks.acquire(self._session_id, ttl_seconds=self._ttl)
+            if lease is not None:
+                break
+            if not asked:
+                await self._locks.request_release(self._session_id)
+                asked = True
+            if time.monotonic() >= deadline:
+                raise UploadLocked()
+            await asyncio.sleep(POLL_SECONDS)  # polling the lease row, with a deadline
+        self._lease = lease
+        self._renewed_at = time.monotonic()
+        self._task = asyncio.create_task(self._keep_renewed(lease))
+        return self
+
+    async def _keep_renewed(self, lease: Lease) -> None:
+        asked = False
+        while True:
+            await asyncio.sleep(self._ttl / 4)
+            try:
+                state = await self._locks.renew(lease, ttl_seconds=self._ttl)
+            except Exception:  # noqa: BLE001 - a database hiccup: fence() decides by age
+                log.warning("upload.lease_renew_failed", session_id=lease.session_id)
+                continue
+            if state is LeaseState.LOST:
+                self._lost = True
+                self.on_release_requested()
+                return
+            self._renewed_at = time.monotonic()
+            if state is LeaseState.RELEASE_REQUESTED and not asked:
+                asked = True
+                log.info("upload.lease_release_requested", session_id=lease.session_id)
+                self.on_release_requested()
+
+    async def fence(self) -> None:
+        if self._lost or self._lease is None:
+            raise UploadLocked("This request lost the upload to another request.")
+        if time.monotonic() - self._renewed_at > self._ttl * 0.5:
+            state = await self._locks.renew(self._lease, ttl_seconds=self._ttl)
+            if state is LeaseState.LOST:
+                self._lost = True
+                raise UploadLocked("This request lost the upload to another request.")
+            self._renewed_at = time.monotonic()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._lease is not None and not self._lost:
+            await asyncio.shield(self._locks.release(self._lease))

@@ -1,0 +1,143 @@
+"""LeaseStore on SQLAlchemy Core: one row per (session, lease name) in `session_leases`.
+
+Acquiring is one transaction: insert the row at generation 1, or else take it over with
+a guarded update (`expires_at <= now`) that raises the generation. On PostgreSQL the
+update's row lock makes two takers queue and the second find the lease live; on SQLite
+every transaction is IMMEDIATE, so writers are already one at a time. Releasing lapses
+the row instead of deleting it: a deleted row would restart at generation 1 and let an
+old holder's token match again. Rows go with their session (`delete_for`), in the
+transaction that completes or purges it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.elements import ColumnElement
+
+from app.storage.tables import session_leases
+from app.uploads.ports import Lease
+
+L = session_leases.c
+# What a released lease's expiry is set to: long past, whatever the clocks say.
+_LAPSED = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+class SqlLeaseStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def acquire(
+        self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
+    ) -> Lease | None:
+        expires_at = now + timedelta(seconds=ttl_seconds)
+        key = and_(L.session_id == session_id, L.name == name)
+        try:
+            async with self.engine.begin() as conn:
+                taken = await conn.execute(
+                    update(session_leases)
+                    .where(key, L.expires_at <= now)
+                    .values(
+                        holder=holder,
+                        generation=L.generation + 1,
+                        expires_at=expires_at,
+                        release_requested=False,
+                    )
+                )
+                if taken.rowcount == 1:
+                    return await _read(conn, session_id, name)
+                exists = await conn.scalar(select(L.generation).where(key))
+                if exists is not None:
+                    return None  # another holder's lease is running
+                await conn.execute(
+                    session_leases.insert().values(
+                        session_id=session_id,
+                        name=name,
+                        holder=holder,
+                        generation=1,
+                        expires_at=expires_at,
+                    )
+                )
+                return Lease(session_id, name, holder, 1, expires_at)
+        except IntegrityError:
+            return None  # another replica inserted the first row at the same moment
+
+    async def renew(self, lease: Lease, *, now: datetime, ttl_seconds: float) -> Lease | None:
+        expires_at = now + timedelta(seconds=ttl_seconds)
+        async with self.engine.begin() as conn:
+            renewed = await conn.execute(
+                update(session_leases).where(held_by(lease)).values(expires_at=expires_at)
+            )
+        if renewed.rowcount != 1:
+            return None
+        return Lease(lease.session_id, lease.name, lease.holder, lease.generation, expires_at)
+
+    async def release(self, lease: Lease, *, now: datetime) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(session_leases).where(held_by(lease)).values(expires_at=_LAPSED)
+            )
+
+    async def request_release(self, session_id: str, name: str, *, now: datetime) -> None:
+        """Flag a running lease as wanted by someone else; its holder reads the flag with
+        `release_requested` and may let go early. A lapsed lease needs no flag."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                update(session_leases)
+                .where(L.session_id == session_id, L.name == name, L.expires_at > now)
+                .values(release_requested=True)
+            )
+
+    async def release_requested(self, lease: Lease) -> bool:
+        async with self.engine.connect() as conn:
+            return bool(await conn.scalar(select(L.release_requested).where(held_by(lease))))
+
+    async def current(self, session_id: str, name: str) -> Lease | None:
+        async with self.engine.connect() as conn:
+            return await _read(conn, session_id, name)
+
+
+def held_by(lease: Lease) -> ColumnElement[bool]:
+    """The row is still this holder's: the condition of every fenced write."""
+    return and_(
+        L.session_id == lease.session_id,
+        L.name == lease.name,
+        L.generation == lease.generation,
+        L.holder == lease.holder,
+    )
+
+
+async def still_held(conn: AsyncConnection, lease: Lease) -> bool:
+    """Inside a writer's transaction: is the lease still ours? On PostgreSQL the row is
+    locked until the transaction ends, so no one can take it over before the write
+    commits (a taker's update waits, then finds the session's new state)."""
+    query = select(L.generation).where(held_by(lease))
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return (await conn.scalar(query)) is not None
+
+
+async def delete_for(conn: AsyncConnection, session_ids: Collection[str]) -> None:
+    if session_ids:
+        await conn.execute(delete(session_leases).where(L.session_id.in_(list(session_ids))))
+
+
+async def _read(conn: AsyncConnection, session_id: str, name: str) -> Lease | None:
+    row = (
+        (
+            await conn.execute(
+                select(session_leases).where(L.session_id == session_id, L.name == name)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    if row is None:
+        return None
+    return Lease(
+        row["session_id"], row["name"], row["holder"], int(row["generation"]), row["expires_at"]
+    )

@@ -1,0 +1,94 @@
+"""Adapters for the resumable front doors: their protocol records, and the per-upload
+writer lease (`UploadLocks`).
+
+The writer lease is the session's `append` lease in the shared `session_leases` rows
+(`app.storage.leases`, the same fenced leases eager flush and completion hold): taking it
+is one guarded UPDATE of a lapsed row or an INSERT whose primary key makes a second taker
+fail, so two replicas never both hold it; each acquisition raises its generation. Expiry
+is short (seconds) and the holder renews it while its request runs, so a killed process
+blocks an upload for seconds, not for the long timeouts of a dead TCP connection. Times
+come from the caller's clock; replicas are assumed to agree on time within a fraction of
+the TTL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.storage.leases import SqlLeaseStore
+from app.storage.tables import resumable_uploads
+from app.uploads.models import utc_now
+from app.uploads.ports import Lease, LeaseState, ResumableRecord
+
+R = resumable_uploads.c
+
+
+class SqlResumableRecords:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create(self, record: ResumableRecord) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                insert(resumable_uploads).values(
+                    session_id=record.session_id,
+                    protocol=record.protocol,
+                    metadata=record.metadata,
+                    concat=record.concat,
+                )
+            )
+
+    async def get(self, session_id: str) -> ResumableRecord | None:
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(select(resumable_uploads).where(R.session_id == session_id)))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return ResumableRecord(
+            session_id=row["session_id"],
+            protocol=row["protocol"],
+            metadata=row["metadata"],
+            concat=row["concat"],
+        )
+
+
+APPEND_LEASE = "append"
+
+
+class SqlUploadLocks:
+    def __init__(
+        self, leases: SqlLeaseStore, *, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self.leases = leases
+        self._clock = clock
+
+    async def acquire(self, session_id: str, *, ttl_seconds: float) -> Lease | None:
+        return await self.leases.acquire(
+            session_id,
+            APPEND_LEASE,
+            holder=str(uuid.uuid4()),
+            now=self._clock(),
+            ttl_seconds=ttl_seconds,
+        )
+
+    async def renew(self, lease: Lease, *, ttl_seconds: float) -> LeaseState:
+        renewed = await self.leases.renew(lease, now=self._clock(), ttl_seconds=ttl_seconds)
+        if renewed is None:
+            return LeaseState.LOST
+        if await self.leases.release_requested(lease):
+            return LeaseState.RELEASE_REQUESTED
+        return LeaseState.HELD
+
+    async def request_release(self, session_id: str) -> None:
+        await self.leases.request_release(session_id, APPEND_LEASE, now=self._clock())
+
+    async def release(self, lease: Lease) -> None:
+        await self.leases.release(lease, now=self._clock())

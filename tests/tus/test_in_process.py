@@ -1,0 +1,136 @@
+"""The tus endpoint inside the app (ASGI, no sockets): the webhook names the protocol,
+browsers may call it (CORS), and headers it refuses get a clear 4xx."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from app.dev.keys import KeyPair
+from app.main import create_app
+from app.settings import Settings
+from tests.conftest import running
+from tests.notify.receiver import Receiver
+
+SECRET = "tus-notify-secret"
+TUS = {"Tus-Resumable": "1.0.0"}
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    receiver = await Receiver(SECRET.encode()).start()
+    yield receiver
+    await receiver.stop()
+
+
+def _metadata(**values: str) -> str:
+    return ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in values.items())
+
+
+async def test_a_tus_upload_is_announced_with_protocol_tus(
+    settings_factory: Callable[..., Settings],
+    receiver: Receiver,
+    keypair: KeyPair,
+    audio_wav: bytes,
+) -> None:
+    settings = settings_factory(
+        main_service_notify_url=receiver.url,
+        main_service_notify_secret=SECRET,
+        notify_delivery_loop=False,
+    )
+    headers = {**TUS, "Authorization": f"Bearer {keypair.token('user-5', file_id=6)}"}
+    async with running(create_app(settings)) as http:
+        # creation-with-upload: the whole file in the POST; file id from the token's claim.
+        created = await http.post(
+            "/files/",
+            content=audio_wav,
+            headers={
+                **headers,
+                "Upload-Length": str(len(audio_wav)),
+                "Upload-Metadata": _metadata(filename="memo.wav", filetype="audio/wav"),
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        assert created.status_code == 201, created.text
+        assert created.headers["Upload-Offset"] == str(len(audio_wav))
+        head = await http.head(created.headers["Location"], headers=headers)
+        assert head.headers["X-Upload-State"] == "completed"
+    [got] = receiver.requests
+    assert got.signature_ok
+    assert got.payload["protocol"] == "tus"
+    assert got.payload["main_service_file_id"] == 6
+    assert got.payload["original_file_name"] == "memo.wav"
+
+
+async def test_browsers_may_call_the_tus_endpoint(
+    settings_factory: Callable[..., Settings], keypair: KeyPair
+) -> None:
+    origin = "https://app.example.com"
+    settings = settings_factory(cors_allow_origins=origin)
+    async with running(create_app(settings)) as http:
+        preflight = await http.options(
+            "/files/0b8a4f3e-51a2-4d7c-8f0e-9c2d1b7a6e55",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "PATCH",
+                "Access-Control-Request-Headers": "authorization,tus-resumable,upload-offset,"
+                "content-type,upload-checksum",
+            },
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert "PATCH" in preflight.headers["Access-Control-Allow-Methods"]
+        created = await http.post(
+            "/files/",
+            headers={
+                **TUS,
+                "Origin": origin,
+                "Authorization": f"Bearer {keypair.token('user-1')}",
+                "Upload-Length": "100",
+                "Upload-Metadata": _metadata(filename="a.wav", main_service_file_id="1"),
+            },
+        )
+        assert created.status_code == 201
+        exposed = {
+            h.strip().lower() for h in created.headers["Access-Control-Expose-Headers"].split(",")
+        }
+        assert {
+            "location",
+            "upload-offset",
+            "upload-length",
+            "upload-expires",
+            "tus-resumable",
+        } <= exposed
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ({"Upload-Length": "-1"}, 400),
+        ({"Upload-Length": "10", "Upload-Metadata": "filename !!notbase64"}, 400),
+        (
+            {
+                "Upload-Length": "10",
+                "Upload-Metadata": _metadata(filename="a.exe", main_service_file_id="1"),
+            },
+            422,
+        ),
+        ({"Upload-Length": "10", "Upload-Concat": "sideways"}, 400),
+        ({}, 400),
+    ],
+)
+async def test_bad_creation_headers_get_a_clear_4xx(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    extra: dict[str, str],
+    status: int,
+) -> None:
+    async with running(create_app(settings_factory())) as http:
+        response = await http.post(
+            "/files/",
+            headers={**TUS, "Authorization": f"Bearer {keypair.token('user-1')}", **extra},
+        )
+        assert response.status_code == status, response.text
+        assert response.json()["status"] == "error"
+        assert response.headers["Tus-Resumable"] == "1.0.0"
