@@ -857,17 +857,15 @@ def servers_markdown(done: dict[str, Any]) -> list[str]:
         "|---|" + "---:|" * (2 * len(names) + 3),
     ]
     for row in rows:
-        size = (
-            f"{row['chunk_kib'] // 1024} MiB"
-            if row["chunk_kib"] >= 1024
-            else f"{row['chunk_kib']} KiB"
-        )
+        kib = row["chunk_kib"]
+        size = f"{kib // 1024} MiB" if kib >= 1024 else f"{kib} KiB"
         lines.append(
             f"| {row['eager_flush']}, {size} x {row['clients']}"
             + "".join(f" | {row[f'{n}_mb_s']:.1f} ({row[f'{n}_requests_s']:.0f})" for n in names)
             + "".join(f" | {row[f'{n}_mb_s'] / row[f'{names[0]}_mb_s']:.2f}" for n in names[1:])
             + " | "
-            + " / ".join(f"{row[f'{n}_cpu_s_per_gib']:.2f}" for n in names)
+            # Per GiB says nothing of 1 KiB chunks: their cost is the request's.
+            + " / ".join(f"{row[f'{n}_cpu_s_per_gib']:.2f}" if kib >= 64 else "-" for n in names)
             + " | "
             + " / ".join(f"{row[f'{n}_cpu_ms_per_request']:.2f}" for n in names)
             + " | "

@@ -1,6 +1,8 @@
 """The processes a benchmark run starts, each on loopback, each stopped by its own pid:
 the upload service and the bare FastAPI endpoint (uvicorn), tus-node-server, and the
-moto S3 server (app.dev.s3server).
+moto S3 server (app.dev.s3server). The `servers` phase also runs the service under
+uvicorn with other flags and under granian (SERVICE_SERVERS), each with the flags a
+production user would pass.
 
 Each runs as its users would run it, and nothing more: the service with the README's
 production command ("Running in production": `uvicorn app.main:app ... --workers N
