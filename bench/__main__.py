@@ -32,6 +32,7 @@ from app.dev.s3server import LocalS3Server
 from bench.loadgen import Connection, MultipartChunk
 from bench.servers import (
     BEFORE_ENV,
+    GRANIAN,
     PRODUCTION_ARGS,
     SERVICE_SERVERS,
     UNTUNED_APP,
@@ -1067,6 +1068,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run only these parts of the suite (the results then hold only their figures)",
     )
     args = parser.parse_args(argv)
+    wants_granian = "servers" in args.phases and "granian" in args.service_servers
+    if wants_granian and not Path(GRANIAN).exists():
+        parser.error("granian is no dependency: pip install granian, or --service-servers")
     if args.quick:
         args.runs, args.ingest_mib, args.chunk_mib = 1, 64, [8]
         args.complete_mib, args.rss_rounds = [32], 1
