@@ -372,22 +372,32 @@ class EagerFlusher:
         # in their chunks (see `poke`).
         self._arrived: dict[str, int] = {}
         self._gapped: set[str] = set()
+        if not sha256_state.available():
+            # Still correct, but `complete` on another replica reads the prefix back.
+            log.warning("upload.sha256_state_unavailable")
 
     # ------------------------------------------------------------ background loop
     def poke(self, session_id: str, *, index: int, size_bytes: int) -> None:
         """A chunk arrived: flush what is ready, in the background.
 
         A pass reads the session's whole chunk list, so with small chunks it runs only
-        when the bytes received here cross a part boundary, for chunk 0, or while the last
-        pass saw a gap in the chunks (the one filling it may complete parts): not for
-        every chunk. A pass skipped only delays work: the next one, or `complete`, plans
-        from the database and sends whatever is still missing."""
+        when the bytes received here cross a part boundary, when this chunk likely
+        completes a part of the file (its place in the file, `index * size_bytes`, is
+        exact for clients that send equal chunks: with a round-robin balancer the replica
+        that got the chunk flushes, instead of one that crosses a boundary of its own
+        count R chunks later), for chunk 0, or while the last pass saw a gap in the
+        chunks (the one filling it may complete parts): not for every chunk. A pass
+        skipped only delays work: the next one, or `complete`, plans from the database
+        and sends whatever is still missing."""
         if session_id in self._stopped:
             return
+        part = self._part_size_bytes
         before = self._arrived.get(session_id, 0)
         self._arrived[session_id] = before + size_bytes
-        crossed = (before + size_bytes) // self._part_size_bytes > before // self._part_size_bytes
-        if not crossed and index != 0 and session_id not in self._gapped:
+        crossed = (before + size_bytes) // part > before // part
+        offset = index * size_bytes
+        completes = (offset + size_bytes) // part > offset // part
+        if not (crossed or completes) and index != 0 and session_id not in self._gapped:
             return
         if session_id in self._tasks:
             self._dirty.add(session_id)
