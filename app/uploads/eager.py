@@ -262,9 +262,6 @@ class PrefixDigest:
         """The leading parts the hash state covers (the last one with a known state)."""
         return self._hashed
 
-    def layout(self, count: int) -> str:
-        return self._layouts[count]
-
     def state(self) -> Sha256:
         """A copy of the state after the first `hashed` parts."""
         state = self._states[self.hashed]
