@@ -108,6 +108,11 @@ upload_parts = Table(
     Column("etag", String(255), nullable=False),
     Column("covers", JSON, nullable=False),
     Column("uploaded_at", UtcDateTime, nullable=False),
+    # The whole file's SHA-256 state after this part (app.uploads.sha256_state, hex), and
+    # the layout it was computed on: a digest of the covers of parts 1..n. The state is
+    # used only while the current layout of parts 1..n has that digest (migration 0007).
+    Column("sha256_state", String(80)),
+    Column("layout_sha256", String(64)),
 )
 
 # --- replicas (issue 13): per-session leases with a fencing token ----------------------
