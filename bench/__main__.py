@@ -50,7 +50,7 @@ from bench.servers import (
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PHASES = ("ingest", "complete", "rss", "tus")
+PHASES = ("ingest", "complete", "rss", "tus", "replicas")
 # Run only when named in --phases (not part of a full run): the service under each of
 # --service-servers, side by side.
 EXTRA_PHASES = ("servers",)
@@ -675,6 +675,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             results["servers"] = await compare_servers(
                 args, keypair, s3, bucket, work_dir, processes
             )
+        if "replicas" in args.phases:
+            results["replicas"] = await replicas_phase(args, keypair, s3, work_dir, tus_dir)
         results["load_average_at_end"] = os.getloadavg()
     finally:
         for process in processes:
@@ -884,6 +886,30 @@ def servers_markdown(done: dict[str, Any]) -> list[str]:
             f" | {row['idle_rss_bytes'] / 1e6:.0f} MB | {row['peak_rss_bytes'] / 1e6:.0f} MB |"
         )
     return lines
+async def replicas_phase(
+    args: argparse.Namespace, keypair: KeyPair, s3: LocalS3Server, work_dir: Path, tus_dir: Path
+) -> dict[str, Any]:
+    """Staging backends, replicas on one PostgreSQL and tus-node's S3 store (bench.replicas),
+    on this run's moto server in a bucket of their own."""
+    from bench import replicas  # imports this module: only once it is loaded
+
+    options = replicas.Options(
+        runs=args.runs,
+        ingest_mib=args.replicas_mib,
+        chunk_mib=tuple(args.replicas_chunk_mib),
+        clients=args.replicas_clients,
+        complete_mib=args.replicas_complete_mib,
+        complete_clients=args.replicas_clients,
+    )
+    return await replicas.run_phase(
+        options, keypair=keypair, s3=s3, work_dir=work_dir, tus_dir=tus_dir
+    )
+
+
+def replicas_markdown(results: dict[str, Any]) -> list[str]:
+    from bench import replicas
+
+    return replicas.markdown(results.get("replicas", {}))
 
 
 # Ingest columns, by process name; a run has those it started (older results: a dash).
@@ -1001,6 +1027,7 @@ def markdown(results: dict[str, Any]) -> str:
             f" | {f'{after / 1e6:.0f} MB' if after else '-'} |"
         )
     lines += servers_markdown(results.get("servers", {}))
+    lines += replicas_markdown(results)
     return "\n".join(lines) + "\n"
 
 
@@ -1029,6 +1056,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PATCH sizes of the tus comparison; 0: one PATCH for the whole file",
     )
     parser.add_argument("--tus-clients", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--replicas-mib", type=int, default=256, help="bytes per replicas figure")
+    parser.add_argument("--replicas-chunk-mib", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--replicas-clients", type=int, default=4)
+    parser.add_argument(
+        "--replicas-complete-mib",
+        type=int,
+        default=1024,
+        help="the file `complete` is timed for on both staging backends; 0: none",
+    )
     parser.add_argument(
         "--malloc-ab",
         action="store_true",
@@ -1075,6 +1111,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.runs, args.ingest_mib, args.chunk_mib = 1, 64, [8]
         args.complete_mib, args.rss_rounds = [32], 1
         args.tus_mib, args.tus_clients = 64, [1]
+        args.replicas_mib, args.replicas_chunk_mib, args.replicas_complete_mib = 32, [8], 32
     return args
 
 

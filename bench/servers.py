@@ -1,8 +1,8 @@
 """The processes a benchmark run starts, each on loopback, each stopped by its own pid:
 the upload service and the bare FastAPI endpoint (uvicorn), tus-node-server, and the
-moto S3 server (app.dev.s3server). The `servers` phase also runs the service under
-uvicorn with other flags and under granian (SERVICE_SERVERS), each with the flags a
-production user would pass.
+moto S3 server (app.dev.s3server); tus-node-server also with @tus/s3-store, the S3 peer.
+The `servers` phase also runs the service under uvicorn with other flags and under
+granian (SERVICE_SERVERS), each with the flags a production user would pass.
 
 Each runs as its users would run it, and nothing more: the service with the README's
 production command ("Running in production": `uvicorn app.main:app ... --workers N
@@ -273,9 +273,10 @@ def start_bare(work_dir: Path, *, server: str = "uvicorn") -> Process:
 def install_tus(install_dir: Path) -> Path:
     """`npm install` of the pinned @tus packages into a bench-local folder (once)."""
     install_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "server.mjs"):
+    for name in ("package.json", "server.mjs", "server-s3.mjs"):
         shutil.copy(TUS_DIR / name, install_dir / name)
-    if not (install_dir / "node_modules" / "@tus" / "file-store").exists():
+    modules = install_dir / "node_modules" / "@tus"
+    if not all((modules / store).exists() for store in ("file-store", "s3-store")):
         subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=install_dir,
@@ -296,6 +297,30 @@ def start_tus(install_dir: Path, files_dir: Path) -> Process:
     )
     _wait_ready(process, f"http://127.0.0.1:{port}/files", "tus-node-server")
     return Process("tus", port, process)
+
+
+def start_tus_s3(install_dir: Path, endpoint_url: str, bucket: str, tmp_dir: Path) -> Process:
+    """tus-node-server with @tus/s3-store at its defaults (bench/tus/server-s3.mjs); the
+    parts it cuts wait in `tmp_dir` (its os.tmpdir()) before they go to S3."""
+    port = free_port()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    env = _base_env()
+    env.update(
+        {
+            "TMPDIR": str(tmp_dir),
+            "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
+        }
+    )
+    process = subprocess.Popen(
+        ["node", str(install_dir / "server-s3.mjs"), str(port), endpoint_url, bucket],
+        env=env,
+        cwd=install_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_ready(process, f"http://127.0.0.1:{port}/files", "tus-node-server (S3 store)")
+    return Process("tus_s3", port, process)
 
 
 def cpu_description() -> str:
