@@ -24,7 +24,7 @@ from app.uploads.ports import Lease
 
 L = session_leases.c
 # What a released lease's expiry is set to: long past, whatever the clocks say.
-_LAPSED = datetime(2000, 1, 1, tzinfo=UTC)
+LAPSED = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class SqlLeaseStore:
@@ -79,7 +79,7 @@ class SqlLeaseStore:
     async def release(self, lease: Lease, *, now: datetime) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
-                update(session_leases).where(held_by(lease)).values(expires_at=_LAPSED)
+                update(session_leases).where(held_by(lease)).values(expires_at=LAPSED)
             )
 
     async def request_release(self, session_id: str, name: str, *, now: datetime) -> None:
