@@ -44,6 +44,7 @@ class HeldUpload:
         self._lease: Lease | None = None
         self._renewed_at = 0.0
         self._lost = False
+        self._released = False
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> HeldUpload:
@@ -93,6 +94,15 @@ class HeldUpload:
                 raise UploadLocked("This request lost the upload to another request.")
             self._renewed_at = time.monotonic()
 
+    def lease_to_release(self) -> Lease | None:
+        """For the request's last record to release in its own transaction (which fails
+        if the lease was taken over): one transaction less per request."""
+        return None if self._lost else self._lease
+
+    def released_with_record(self, lease: Lease) -> None:
+        if lease is self._lease:
+            self._released = True
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -103,5 +113,5 @@ class HeldUpload:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._lease is not None and not self._lost:
+        if self._lease is not None and not self._lost and not self._released:
             await asyncio.shield(self._locks.release(self._lease))

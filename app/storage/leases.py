@@ -1,9 +1,10 @@
 """LeaseStore on SQLAlchemy Core: one row per (session, lease name) in `session_leases`.
 
-Acquiring is one transaction: insert the row at generation 1, or else take it over with
-a guarded update (`expires_at <= now`) that raises the generation. On PostgreSQL the
-update's row lock makes two takers queue and the second find the lease live; on SQLite
-every transaction is IMMEDIATE, so writers are already one at a time. Releasing lapses
+Acquiring is one statement: insert the row at generation 1, or else (on conflict) take it
+over with a guarded update (`expires_at <= now`) that raises the generation, returning
+the generation taken or nothing. On PostgreSQL the conflicting row's lock makes two
+takers queue and the second find the lease live; on SQLite every transaction is
+IMMEDIATE, so writers are already one at a time. Releasing lapses
 the row instead of deleting it: a deleted row would restart at generation 1 and let an
 old holder's token match again. Rows go with their session (`delete_for`), in the
 transaction that completes or purges it.
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -35,42 +37,39 @@ class SqlLeaseStore:
         self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
     ) -> Lease | None:
         expires_at = now + timedelta(seconds=ttl_seconds)
-        key = and_(L.session_id == session_id, L.name == name)
-        try:
-            async with self.engine.begin() as conn:
-                taken = await conn.execute(
-                    update(session_leases)
-                    .where(key, L.expires_at <= now)
-                    .values(
-                        holder=holder,
-                        generation=L.generation + 1,
-                        expires_at=expires_at,
-                        release_requested=False,
-                    )
-                )
-                if taken.rowcount == 1:
-                    return await _read(conn, session_id, name)
-                exists = await conn.scalar(select(L.generation).where(key))
-                if exists is not None:
-                    return None  # another holder's lease is running
-                await conn.execute(
-                    session_leases.insert().values(
-                        session_id=session_id,
-                        name=name,
-                        holder=holder,
-                        generation=1,
-                        expires_at=expires_at,
-                    )
-                )
-                return Lease(session_id, name, holder, 1, expires_at)
-        except IntegrityError:
-            return None  # another replica inserted the first row at the same moment
+        upsert = _dialect_insert(self.engine.dialect.name)(session_leases).values(
+            session_id=session_id,
+            name=name,
+            holder=holder,
+            generation=1,
+            expires_at=expires_at,
+            release_requested=False,
+        )
+        taken = upsert.on_conflict_do_update(
+            index_elements=[L.session_id, L.name],
+            set_={
+                "holder": upsert.excluded.holder,
+                "generation": L.generation + 1,
+                "expires_at": upsert.excluded.expires_at,
+                "release_requested": False,
+            },
+            where=L.expires_at <= now,
+        ).returning(L.generation)
+        async with self.engine.begin() as conn:
+            generation = await conn.scalar(taken)
+        if generation is None:
+            return None  # another holder's lease is running
+        return Lease(session_id, name, holder, int(generation), expires_at)
 
     async def renew(self, lease: Lease, *, now: datetime, ttl_seconds: float) -> Lease | None:
         expires_at = now + timedelta(seconds=ttl_seconds)
         async with self.engine.begin() as conn:
             renewed = await conn.execute(
-                update(session_leases).where(held_by(lease)).values(expires_at=expires_at)
+                update(session_leases)
+                # A released lease stays released: a renewal racing the release (or a
+                # holder's last write that released it) must not bring it back.
+                .where(held_by(lease), L.expires_at > LAPSED)
+                .values(expires_at=expires_at)
             )
         if renewed.rowcount != 1:
             return None
@@ -99,6 +98,12 @@ class SqlLeaseStore:
     async def current(self, session_id: str, name: str) -> Lease | None:
         async with self.engine.connect() as conn:
             return await _read(conn, session_id, name)
+
+
+def _dialect_insert(dialect_name: str) -> Any:
+    if dialect_name == "postgresql":
+        return postgresql.insert
+    return sqlite.insert
 
 
 def held_by(lease: Lease) -> ColumnElement[bool]:
