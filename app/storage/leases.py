@@ -12,15 +12,17 @@ transaction that completes or purges it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import and_, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.storage import sqlite_driver
 from app.storage.tables import session_leases
 from app.uploads.ports import Lease
 
@@ -29,34 +31,77 @@ L = session_leases.c
 LAPSED = datetime(2000, 1, 1, tzinfo=UTC)
 
 
+def _acquire_statement(dialect_name: str) -> Any:
+    """Insert the lease at generation 1, or take a lapsed one over (a new generation);
+    returns the generation taken, or no row while another holder's lease runs."""
+    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    upsert = insert(session_leases).values(
+        session_id=bindparam("session_id"),
+        name=bindparam("name"),
+        holder=bindparam("holder"),
+        generation=1,
+        expires_at=bindparam("expires_at"),
+        release_requested=False,
+    )
+    return upsert.on_conflict_do_update(
+        index_elements=[L.session_id, L.name],
+        set_={
+            "holder": upsert.excluded.holder,
+            "generation": L.generation + 1,
+            "expires_at": upsert.excluded.expires_at,
+            "release_requested": False,
+        },
+        where=L.expires_at <= bindparam("now"),
+    ).returning(L.generation)
+
+
+def _write_returning_one(
+    connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]
+) -> Any:
+    """One writing statement in its own IMMEDIATE transaction, in the database thread."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        cursor = connection.execute(sql, parameters)
+        row = cursor.fetchone()
+        cursor.close()
+        connection.commit()
+        return row
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
+
+
 class SqlLeaseStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # On SQLite a lease is taken in one hand-off to the database thread (sqlite_driver).
+        self._sqlite_acquire = (
+            sqlite_driver.Prepared(_acquire_statement("sqlite"), engine.dialect)
+            if engine.dialect.name == "sqlite"
+            else None
+        )
 
     async def acquire(
         self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
     ) -> Lease | None:
         expires_at = now + timedelta(seconds=ttl_seconds)
-        upsert = _dialect_insert(self.engine.dialect.name)(session_leases).values(
-            session_id=session_id,
-            name=name,
-            holder=holder,
-            generation=1,
-            expires_at=expires_at,
-            release_requested=False,
-        )
-        taken = upsert.on_conflict_do_update(
-            index_elements=[L.session_id, L.name],
-            set_={
-                "holder": upsert.excluded.holder,
-                "generation": L.generation + 1,
-                "expires_at": upsert.excluded.expires_at,
-                "release_requested": False,
-            },
-            where=L.expires_at <= now,
-        ).returning(L.generation)
-        async with self.engine.begin() as conn:
-            generation = await conn.scalar(taken)
+        values = {
+            "session_id": session_id,
+            "name": name,
+            "holder": holder,
+            "expires_at": expires_at,
+            "now": now,
+        }
+        if self._sqlite_acquire is not None:
+            prepared = self._sqlite_acquire
+            row = await sqlite_driver.run_on_connection(
+                self.engine, _write_returning_one, prepared.sql, prepared.parameters(values)
+            )
+            generation = row[0] if row is not None else None
+        else:
+            async with self.engine.begin() as conn:
+                generation = await conn.scalar(_acquire_statement("postgresql"), values)
         if generation is None:
             return None  # another holder's lease is running
         return Lease(session_id, name, holder, int(generation), expires_at)
@@ -98,12 +143,6 @@ class SqlLeaseStore:
     async def current(self, session_id: str, name: str) -> Lease | None:
         async with self.engine.connect() as conn:
             return await _read(conn, session_id, name)
-
-
-def _dialect_insert(dialect_name: str) -> Any:
-    if dialect_name == "postgresql":
-        return postgresql.insert
-    return sqlite.insert
 
 
 def held_by(lease: Lease) -> ColumnElement[bool]:
