@@ -11,9 +11,11 @@ result sets (no query here streams rows).
 
 A transaction's `BEGIN` costs no hand-off of its own: it is held back and run in the
 same hop as the transaction's first statement (a transaction that runs none never
-begins). A rollback or commit with no transaction open (a read-only connection going
-back to the pool, which SQLAlchemy rolls back) costs none either: whether one is open is
-known from the last hop. So a read is one hop, and a transaction of N statements N + 1.
+begins). A rollback or commit with no transaction open (a connection going back to the
+pool, which SQLAlchemy rolls back, after nothing ran on it) costs none either: whether
+one is open is known from the last hop. So a transaction of N statements costs N + 1
+hops (a read through SQLAlchemy: its statement, then the pool's rollback), and
+`run_on_connection` one for a whole transaction.
 
 Everything else (the thread, the connection, commit, rollback, close) is aiosqlite's,
 at the version pinned in requirements.txt; `_execute` is how aiosqlite's own methods
