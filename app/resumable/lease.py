@@ -8,6 +8,11 @@ one renewal interval, a dead one's lease lapses within the TTL. Beyond that: 423
 Holding it: a background task renews it every TTL/4. `fence()` runs before each piece is
 recorded and refuses (423) once the lease is known lost, or could be (no successful
 renewal for most of a TTL), so a writer that was replaced never records over the new one.
+
+Letting go: the request's last record releases the lease in its own transaction
+(`lease_to_release`), which also refuses the record if the lease was taken over; only a
+request that ends without such a record (a refusal, an empty body, a body that ended on
+a piece boundary) releases it in a transaction of its own.
 """
 
 from __future__ import annotations
