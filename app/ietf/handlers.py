@@ -174,7 +174,9 @@ async def patch(
             principal, session.id, _int(request.headers["upload-length"], "Upload-Length")
         )
     try:
-        appended = await append_body(request, container, principal, session.id, offset)
+        appended = await append_body(
+            request, container, principal, session.id, offset, checked=session
+        )
     except OffsetMismatch as mismatch:
         expected = int((mismatch.details or {}).get("offset", 0))
         return _problem(

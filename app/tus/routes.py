@@ -237,6 +237,7 @@ async def _append(
         offset,
         checksum=AppendChecksum(*checksum) if checksum is not None else None,
         flush_eagerly=concat != "partial",
+        checked=session,
     )
     return appended.offset
 
