@@ -14,8 +14,13 @@ eager flush reads in worker threads from lingering in one arena per thread.
 
 from __future__ import annotations
 
+# First: before anything imports structlog or httpx (see the module).
+from app import lean_imports as _lean_imports  # noqa: F401  (not `import app.…`: binds `app`)
+
+# isort: split
 import ctypes
 import ctypes.util
+import gc
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -43,7 +48,10 @@ from app.uploader.page import build_router as build_uploader_router
 log = structlog.get_logger(__name__)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, long_running: bool = False) -> FastAPI:
+    """`long_running`: the served process (`uvicorn app.main:app`), which migrates the
+    database in a child process so it never carries the migration machinery (~13 MB,
+    storage.database.migrate); tests and tools that build apps in-process migrate in it."""
     tune_malloc()
     settings = settings or load_settings()
     configure_logging(settings.log_level)
@@ -54,9 +62,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        container = await build_container(settings, verifier, metrics)
+        container = await build_container(
+            settings, verifier, metrics, migrate_in_child_process=long_running
+        )
         app.state.container = container
-        release_freed_heap()
+        settle_startup_heap()
         # Clean-up loop; on the exit stack so it stops before the parts it uses close.
         container.stack.push_async_callback(JanitorLoop(container).start().stop)
         if metrics is not None and settings.metrics_port is not None:
@@ -148,6 +158,16 @@ def release_freed_heap() -> None:
         malloc_trim(0)
 
 
+def settle_startup_heap() -> None:
+    """Once start-up is done: collect its garbage, then move every object that survived
+    (modules, the app, the parts) to the collector's permanent generation, so later
+    collections do not walk them again (and fork()ed children do not copy their pages
+    back by touching them), and hand the heap memory start-up freed back to the OS."""
+    gc.collect()
+    gc.freeze()
+    release_freed_heap()
+
+
 class RequestIdMiddleware:
     """Binds a request id to every log line of a request and echoes it back.
     Plain ASGI (not BaseHTTPMiddleware) so request bodies stream through untouched."""
@@ -174,7 +194,7 @@ class RequestIdMiddleware:
 
 def __getattr__(name: str) -> Any:
     if name == "app":
-        application = create_app()
+        application = create_app(long_running=True)
         globals()["app"] = application
         return application
     raise AttributeError(name)

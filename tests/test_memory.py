@@ -1,18 +1,27 @@
 """Start-up tunes glibc's malloc for streaming (`app.main.tune_malloc`) and hands freed
-heap memory back to the OS (`app.main.release_freed_heap`)."""
+heap memory back to the OS (`app.main.release_freed_heap`); the served process stays
+lean (it migrates the database in a child process and loads no console extras), and its
+resident memory after start-up is bounded."""
 
 from __future__ import annotations
 
 import ctypes.util
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
+from app.settings import Settings
+from app.storage.database import SCHEMA_REVISION
+from tests.service_process import ServiceProcess, settings_env
+
+REPO = Path(__file__).resolve().parents[1]
 
 GLIBC = sys.platform.startswith("linux") and ctypes.util.find_library("c") == "libc.so.6"
 
@@ -110,3 +119,89 @@ def test_malloc_settings_from_the_environment_win(tmp_path: Path) -> None:
         tmp_path, MALLOC_ARENA_MAX="4", GLIBC_TUNABLES="glibc.malloc.trim_threshold=1048576"
     )
     assert figures["tuned"] == {"MALLOC_MMAP_THRESHOLD_": 32 * 1024 * 1024}
+
+
+# A fresh interpreter, so modules the test process already loaded do not count.
+MIGRATE_IN_CHILD = """
+import asyncio, json, sys
+from app.storage.database import create_engine, current_revision, migrate
+
+async def main(url, schema):
+    engine = create_engine(url, schema=schema)
+    await migrate(engine, schema=schema, in_child_process=True)
+    async with engine.connect() as connection:
+        revision = await connection.run_sync(current_revision)
+    await engine.dispose()
+    print(json.dumps({"revision": revision, "alembic_loaded": "alembic" in sys.modules}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2] or None))
+"""
+
+
+def test_a_child_process_migrates_and_the_caller_never_loads_alembic(
+    database: dict[str, Any],
+) -> None:
+    for _ in range(2):  # a new database, then one already migrated
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                MIGRATE_IN_CHILD,
+                database["database_url"],
+                database.get("database_schema") or "",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        figures = json.loads(done.stdout.splitlines()[-1])
+        assert figures == {"revision": SCHEMA_REVISION, "alembic_loaded": False}
+
+
+def test_a_failed_migration_in_a_child_stops_start_up_with_its_error(tmp_path: Path) -> None:
+    # A database a newer release migrated: this one's alembic does not know its revision.
+    database = tmp_path / "newer.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
+    probe = """
+import asyncio, sys
+from app.storage.database import create_engine, migrate
+engine = create_engine(f"sqlite+aiosqlite:///{sys.argv[1]}")
+try:
+    asyncio.run(migrate(engine, in_child_process=True))
+except RuntimeError as error:
+    print("refused:", error)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(database)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.startswith("refused: schema migration failed (exit 1)"), done.stderr
+    assert "9999_from_the_future" in done.stdout
+
+
+def status_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field_name} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_served_process_is_lean_after_start_up(settings: Settings) -> None:
+    """`uvicorn app.main:app` on a new database (so the migration runs): ~125 MB here
+    (bench/README.md, "Memory"); 141 MB before it migrated in a child and dropped the
+    console extras. Loose: only a regression of ~10 MB or more fails."""
+    service = ServiceProcess(settings_env(settings)).start()
+    try:
+        assert service.process is not None
+        rss_mb = status_kib(service.process.pid, "VmRSS") / 1024
+    finally:
+        service.stop()
+    assert rss_mb <= 135
