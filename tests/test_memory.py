@@ -5,18 +5,21 @@ resident memory after start-up is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes.util
 import json
 import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
+from app.main import IdleHeapTrimmer
 from app.settings import Settings
 from app.storage.database import SCHEMA_REVISION
 from tests.service_process import ServiceProcess, settings_env
@@ -205,3 +208,30 @@ def test_the_served_process_is_lean_after_start_up(settings: Settings) -> None:
     finally:
         service.stop()
     assert rss_mb <= 135
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+async def test_the_heap_is_trimmed_once_after_work_and_not_while_idle() -> None:
+    trimmer = IdleHeapTrimmer(interval_seconds=0.1).start()
+    try:
+        # Idle from the start: nothing was freed by work, so nothing to trim.
+        await asyncio.sleep(0.5)
+        assert trimmer.trims == 0
+
+        # Busy (CPU in a worker thread, as part reads and hashing are), then quiet.
+        def burn(seconds: float) -> None:
+            until = time.process_time() + seconds
+            while time.process_time() < until:
+                sum(range(1000))
+
+        await asyncio.to_thread(burn, 0.5)
+        deadline = time.monotonic() + 10
+        while trimmer.trims == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert trimmer.trims == 1
+
+        # Quiet since: one trim per burst of work, not one per interval.
+        await asyncio.sleep(0.5)
+        assert trimmer.trims == 1
+    finally:
+        await trimmer.stop()
