@@ -13,15 +13,20 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
+from app.dev.s3server import LocalS3Server
 from app.main import IdleHeapTrimmer
 from app.settings import Settings
 from app.storage.database import SCHEMA_REVISION
+from tests.processes import ServiceProcess as ProcessUnderTest
+from tests.processes import make_wav, service_env
 from tests.service_process import ServiceProcess, settings_env
 
 REPO = Path(__file__).resolve().parents[1]
@@ -236,3 +241,84 @@ async def test_the_heap_is_trimmed_once_after_work_and_not_while_idle() -> None:
         assert trimmer.trims == settled + 1
     finally:
         await trimmer.stop()
+
+
+def rss_kib(pid: int) -> int:
+    return status_kib(pid, "VmRSS")
+
+
+@pytest.mark.skipif(not GLIBC, reason="reads /proc; the trim is glibc's")
+async def test_a_burst_of_chunks_is_bounded_and_given_back_once_idle(
+    keypair: KeyPair, s3_server: LocalS3Server, tmp_path: Path
+) -> None:
+    """8 sessions at once, two 8 MiB chunks of real audio each, eager flush on (the
+    default): 16 parts of 8 MiB go to S3 while and after chunks arrive. Loose bounds: the
+    peak above idle (~40 MB here; bench/README.md "Memory": 32 x 16 MiB x 4 adds ~75 MB),
+    and the process back near idle once quiet (IdleHeapTrimmer; without it the peak
+    stayed)."""
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    s3_server.create_bucket(bucket)
+    env = service_env(
+        keypair,
+        s3_server.endpoint_url,
+        bucket,
+        {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"},
+        tmp_path / "staging",
+    )
+    audio = make_wav(tmp_path / "burst.wav", 8 * 1024 * 1024 / 176_400)[: 8 * 1024 * 1024]
+    service = ProcessUnderTest(env, tmp_path / "run").start()
+    try:
+        assert service.process is not None
+        pid = service.process.pid
+        idle_kib = rss_kib(pid)
+        token = keypair.token("burst")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=service.url, timeout=120) as http:
+
+            async def upload(number: int) -> None:
+                init = await http.post(
+                    "/upload/init",
+                    json={"main_service_file_id": number, "original_file_name": "burst.wav"},
+                    headers=headers,
+                )
+                assert init.status_code == 200, init.text
+                session_id = init.json()["data"]["upload_session_id"]
+                for index in range(2):
+                    sent = await http.post(
+                        "/upload/chunk",
+                        data={"upload_session_id": session_id, "chunk_index": str(index)},
+                        files={"chunk": ("burst.wav", audio, "application/octet-stream")},
+                        headers=headers,
+                    )
+                    assert sent.status_code == 200, sent.text
+
+            await asyncio.gather(*(upload(number) for number in range(1, 9)))
+
+            # The peak includes the background flush those chunks started: wait for it.
+            s3: Any = s3_server.client()
+
+            def parts_flushed() -> int:
+                listing = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+                return sum(
+                    len(
+                        s3.list_parts(
+                            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        ).get("Parts", [])
+                    )
+                    for upload in listing
+                )
+
+            deadline = time.monotonic() + 120
+            while parts_flushed() < 16 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert parts_flushed() == 16
+
+            peak_kib = status_kib(pid, "VmHWM")
+            assert (peak_kib - idle_kib) / 1024 < 100  # ~40 MB here
+
+            deadline = time.monotonic() + 90
+            while rss_kib(pid) - idle_kib > 30 * 1024 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert (rss_kib(pid) - idle_kib) / 1024 <= 30, (idle_kib, peak_kib, rss_kib(pid))
+    finally:
+        service.stop()
