@@ -150,7 +150,8 @@ def test_dockerfile_has_what_the_runtime_relies_on() -> None:
     assert "STOPSIGNAL SIGTERM" in dockerfile
     assert re.search(r"^HEALTHCHECK .*\n.*/healthz", dockerfile, re.MULTILINE)
     assert "--timeout-graceful-shutdown" in dockerfile
-    assert "MALLOC_ARENA_MAX=2" in dockerfile
+    # The service tunes malloc itself; an environment value would override it.
+    assert not re.search(r"^\s*MALLOC_\w+=", dockerfile, re.MULTILINE)
     users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("0", "root")
     ignored = (REPO / ".dockerignore").read_text().splitlines()
