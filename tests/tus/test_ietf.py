@@ -249,3 +249,51 @@ async def test_upload_limit_states_the_size_cap_and_the_remaining_lifetime(
     assert options is not None and options.status == 204
     assert _limits(options) == {"max-size": settings.max_file_size}
 
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_incomplete_appends_a_dropped_one_head_and_the_final_append(
+    tus_service: TusService, recording: Path, version: str
+) -> None:
+    """The URLSession pattern by hand: appends with `Upload-Complete: ?0`, one of them cut
+    by a lost connection, HEAD for the offset, and the rest in a final `?1` append."""
+    data = recording.read_bytes()
+    url = await _create(tus_service, version, "interview.wav")
+    third = len(data) // 3
+    first = await _patch(tus_service, version, url, 0, data[:third], complete=False)
+    assert first.status == 204 and first.headers["upload-offset"] == str(third)
+    assert first.headers["upload-complete"] == "?0"
+
+    # The second append declares two thirds but the connection drops after half of it.
+    sent = third // 2
+    cut = await request(
+        "PATCH",
+        url,
+        {
+            **_headers(tus_service, version),
+            **_append_type(version),
+            "Upload-Offset": str(third),
+            "Upload-Complete": "?0",
+        },
+        data[third : 2 * third],
+        send_only=sent,
+    )
+    assert cut is None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    offset = third
+    while loop.time() < deadline:
+        head = await _head(tus_service, version, url)
+        offset = int(head.headers["upload-offset"])
+        if offset == third + sent:
+            break
+        await asyncio.sleep(0.1)
+    assert offset == third + sent  # the bytes that arrived before the drop are kept
+    assert head.headers["upload-complete"] == "?0"
+    assert "upload-length" not in head.headers  # never declared: the final append says it
+
+    rest = await _patch(tus_service, version, url, offset, data[offset:], complete=True)
+    assert rest.status == 200, rest.body
+    assert rest.headers["upload-complete"] == "?1"
+    assert rest.json()["data"]["size"] == len(data)
+    stored = tus_service.stored(rest.json()["data"]["key"])
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
