@@ -29,9 +29,10 @@ from app.uploads.ports import Lease, LeaseState, ResumableRecord
 R = resumable_uploads.c
 
 
-# Records never change once written (they go with their session), so each process keeps
-# the ones it read last: a PATCH then costs no read of its own. A record of a session
-# since purged is harmless: the session's own read (every request makes it) finds none.
+# Records never change once written (they go with their session; a final upload's parts
+# are written with it), so each process keeps the ones it read last: a PATCH then costs
+# no read of its own. A record of a session since purged is harmless: the session's own
+# read (every request makes it) finds none.
 _CACHED_RECORDS = 4096
 
 
@@ -55,6 +56,7 @@ class SqlResumableRecords:
                     protocol=record.protocol,
                     metadata=record.metadata,
                     concat=record.concat,
+                    concat_parts=" ".join(record.parts) or None,
                 )
             )
 
@@ -77,6 +79,7 @@ class SqlResumableRecords:
                 protocol=row["protocol"],
                 metadata=row["metadata"],
                 concat=row["concat"],
+                parts=tuple((row["concat_parts"] or "").split()),
             )
         )
 

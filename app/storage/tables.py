@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     false,
 )
 from sqlalchemy.types import TypeDecorator
@@ -134,8 +135,9 @@ session_leases = Table(
 
 # --- the resumable front doors (issue 14): tus 1.0 and IETF resumable uploads ----------
 # What the protocol needs beyond the session: the tus `Upload-Metadata` header as sent
-# (echoed on HEAD), whether the upload is a tus partial or final concatenation, and the
-# protocol that created it (the webhook's `protocol`).
+# (echoed on HEAD), whether the upload is a tus partial or final concatenation, a final
+# upload's partial uploads (HEAD answers them in `Upload-Concat`), and the protocol that
+# created it (the webhook's `protocol`).
 resumable_uploads = Table(
     "resumable_uploads",
     metadata,
@@ -148,5 +150,7 @@ resumable_uploads = Table(
     Column("protocol", String(16), nullable=False),
     Column("metadata", String(4096)),
     Column("concat", String(16)),  # "partial" | "final" | NULL
+    # A final upload's partial upload ids, in order, space-separated; NULL otherwise.
+    Column("concat_parts", Text),
 )
 

@@ -297,12 +297,14 @@ class UploadLocks(Protocol):
 class ResumableRecord:
     """What a resumable front door keeps beside the session: which protocol created it
     ("tus", "ietf"), the tus `Upload-Metadata` header as sent (echoed on HEAD), and for
-    tus concatenation whether the upload is a "partial" or the "final" one."""
+    tus concatenation whether the upload is a "partial" or the "final" one, and a final
+    upload's partial upload ids in order."""
 
     session_id: str
     protocol: str
     metadata: str | None = None
     concat: str | None = None
+    parts: tuple[str, ...] = ()
 
 
 class ResumableRecords(Protocol):
