@@ -132,6 +132,9 @@ def test_compose_replicas_proxy_and_shutdown() -> None:
     conf = (DEPLOY / "nginx" / "upload.conf").read_text()
     assert "proxy_request_buffering off;" in conf
     assert "include /etc/nginx/conf.d/body-size.inc;" in conf
+    # A whole-file tus PATCH is not held to the chunk-sized cap.
+    files = conf[conf.index("location /files/ {") :]
+    assert "client_max_body_size 0;" in files[: files.index("}")]
 
 
 def test_nginx_body_limit_is_a_little_over_max_chunk_size(tmp_path: Path) -> None:
