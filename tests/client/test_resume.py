@@ -88,12 +88,12 @@ async def test_ctrl_c_exits_130_and_the_same_command_resumes(
     token = keypair.token("user-1")
     state_dir = tmp_path / "state"
     env = cli_env(token, state_dir)
-    # The proxy goes offline after 4 MiB, so the upload cannot finish before the Ctrl-C
-    # however fast the service is (the client keeps retrying until interrupted).
+    # A slow link (4 MB/s): the 30 MiB upload cannot finish before the Ctrl-C, however
+    # fast the service is.
     proxy = await CuttableProxy("127.0.0.1", service.port).start()
-    proxy.cut_after_upstream_bytes = 4 * MiB
+    proxy.upstream_bytes_per_second = 4e6
     args = [str(big_wav), "--file-id", "9", "--url", proxy.url, "--chunk-size", "512k"]
-    args += ["--parallel", "2", "--retries", "100"]
+    args += ["--parallel", "2"]
     process = subprocess.Popen(
         [str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -110,12 +110,14 @@ async def test_ctrl_c_exits_130_and_the_same_command_resumes(
 
         assert process.returncode == 130, stderr
         assert "run the same command again" in stderr.lower()
+        # Drop what the slow link still holds of the interrupted requests.
+        proxy.cut()
         state = saved_state(state_dir)
         held = received_chunks(service, token, state["session_id"])
         assert 4 <= len(held) < state["total_chunks"]
 
         proxy.restore()
-        proxy.cut_after_upstream_bytes = None
+        proxy.upstream_bytes_per_second = None
         rerun = await run_cli_async(*args, "--json", env=env)
     finally:
         if process.poll() is None:
@@ -126,9 +128,11 @@ async def test_ctrl_c_exits_130_and_the_same_command_resumes(
     assert rerun.returncode == 0, rerun.stderr
     result = rerun.json()
     assert result["upload_session_id"] == state["session_id"]
-    assert result["chunks_skipped"] == len(held)
-    assert result["chunks_sent"] == state["total_chunks"] - len(held)
-    assert f"holds {len(held)} of {state['total_chunks']} chunks" in rerun.stderr
+    # A request the link had fully passed on may land just after `held` was read.
+    skipped = result["chunks_skipped"]
+    assert len(held) <= skipped <= len(held) + 2
+    assert result["chunks_sent"] == state["total_chunks"] - skipped
+    assert f"holds {skipped} of {state['total_chunks']} chunks" in rerun.stderr
     expected = (sha256_of_file(big_wav), big_wav.stat().st_size)
     assert sha256_of_object(s3, bucket, result["key"]) == expected
 
