@@ -82,6 +82,10 @@ async def test_connection_cut_mid_upload_then_rerun_sends_only_missing_chunks(
     assert sha256_of_object(s3, bucket, result["key"]) == expected
 
 
+def _sigint_as_at_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_ctrl_c_exits_130_and_the_same_command_resumes(
     service: ServiceProcess, big_wav: Path, keypair: KeyPair, s3: Any, bucket: str, tmp_path: Path
 ) -> None:
@@ -95,7 +99,14 @@ async def test_ctrl_c_exits_130_and_the_same_command_resumes(
     args = [str(big_wav), "--file-id", "9", "--url", proxy.url, "--chunk-size", "512k"]
     args += ["--parallel", "2"]
     process = subprocess.Popen(
-        [str(SCRIPT), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [str(SCRIPT), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Ctrl-C as at a terminal: a suite started in the background (CI, `cmd &`) runs with
+        # SIGINT ignored, and an ignored signal stays ignored in the children it starts.
+        preexec_fn=_sigint_as_at_a_terminal,
     )
     try:
         deadline = time.monotonic() + 120
