@@ -30,13 +30,12 @@ COPY --from=build /opt/venv /opt/venv
 # For operators: `alembic upgrade head` from /srv/upload when AUTO_MIGRATE=false.
 COPY --from=build /src/alembic.ini /srv/upload/alembic.ini
 WORKDIR /srv/upload
-# MALLOC_ARENA_MAX=2 is the production memory setting (README, "Running in production").
-# PORT and SHUTDOWN_GRACE_SECONDS feed the command below. No key, token or secret is
+# No MALLOC_* here: the service sets its own allocator settings at start-up
+# (app.main.tune_malloc), and an environment value would override them. PORT and SHUTDOWN_GRACE_SECONDS feed the command below. No key, token or secret is
 # baked in: they come from the environment at run time.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    MALLOC_ARENA_MAX=2 \
     PORT=8000 \
     SHUTDOWN_GRACE_SECONDS=30 \
     LOCAL_TEMP_CHUNK_PATH=/var/lib/upload-service/staging

@@ -109,8 +109,10 @@ async def build_container(
     metrics: Metrics | None = None,
     *,
     background_loops: bool = True,
+    migrate_in_child_process: bool = False,
 ) -> Container:
-    """All parts, opened. `background_loops=False` for one-off commands: no delivery loop."""
+    """All parts, opened. `background_loops=False` for one-off commands: no delivery loop.
+    `migrate_in_child_process`: the long-running service's start-up (storage.database.migrate)."""
     metrics = metrics or Metrics()
     stack = AsyncExitStack()
     try:
@@ -126,7 +128,11 @@ async def build_container(
         engine = create_engine(settings.resolved_database_url, schema=settings.database_schema)
         stack.push_async_callback(engine.dispose)
         if settings.auto_migrate:
-            await migrate(engine, schema=settings.database_schema)
+            await migrate(
+                engine,
+                schema=settings.database_schema,
+                in_child_process=migrate_in_child_process,
+            )
         objects = S3MultipartStore(settings, on_error=metrics.count_s3_error)
         await objects.open()
         stack.push_async_callback(objects.close)

@@ -16,7 +16,15 @@
 
 With `STAGING_BACKEND=s3` the same passes list and delete staged objects (the staging
 backend lists sessions by key prefix), and run on every replica at once: each step is
-idempotent, so replicas racing over one session only repeat a delete.
+idempotent, so replicas racing over one session only repeat a delete. There, listing one
+open session's objects is a LIST request, so a pass lists at most
+`S3_OPEN_SESSION_LISTINGS_PER_PASS` open sessions, a fresh random sample each pass on each
+replica, instead of every open session (at fleet scale: a LIST per open session per pass
+per replica). That is safe because what it looks for, objects no record names (a chunk
+request that died between its PutObject and its commit), is rare and goes with the
+session in any case when it ends (completion, abort and expiry delete the whole prefix);
+the sample only bounds how long such an object can hold space before that. Sessions no
+longer open still cost nothing per session: one delimited LIST names 1,000 of them.
 
 Invariants: every state change is a guarded SQL update, and every delete or abort is
 idempotent, so several replicas may run passes at once. Anything that could belong to
@@ -47,6 +55,12 @@ log = structlog.get_logger(__name__)
 
 BATCH_SIZE = 500
 MAX_BATCHES_PER_PASS = 100
+# S3 staging: open sessions whose staged objects one pass lists (one LIST each), so a pass
+# costs the same with 100 open sessions as with a million. With N open sessions and R
+# replicas, each session is looked at about every N / (100 R) passes (bench/README.md).
+S3_OPEN_SESSION_LISTINGS_PER_PASS = 100
+# Its own generator: the process-wide `random` state is not ours to move.
+_sampler = random.Random()
 
 
 class JanitorStore(Protocol):
@@ -199,7 +213,10 @@ async def remove_orphan_staging(
     now: datetime,
     grace_seconds: float,
     report: JanitorReport | None = None,
+    listings_per_pass: int | None = None,
 ) -> JanitorReport:
+    """`listings_per_pass`: list the files of at most this many open sessions, a random
+    sample (None: all of them; the disk backend's listings are local directory reads)."""
     report = await remove_stale_incoming(
         staging, now=now, grace_seconds=grace_seconds, report=report
     )
@@ -211,8 +228,11 @@ async def remove_orphan_staging(
             # Closed, purged or never known: nothing will ever read these chunks.
             await staging.remove_session(session_id)
             report.removed_session_dirs += 1
-    recorded = await store.chunk_file_names(open_ids)
-    for session_id in open_ids:
+    listed = sorted(open_ids)
+    if listings_per_pass is not None and len(listed) > listings_per_pass:
+        listed = _sampler.sample(listed, listings_per_pass)
+    recorded = await store.chunk_file_names(listed)
+    for session_id in listed:
         for entry in await staging.list_session_files(session_id):
             # A young unrecorded file may be a chunk whose record is being committed.
             if (session_id, entry.name) not in recorded and entry.modified_at < cutoff:
@@ -271,6 +291,9 @@ async def run_pass(container: Container, *, now: datetime | None = None) -> Jani
         now=now,
         grace_seconds=settings.orphan_grace_seconds,
         report=report,
+        listings_per_pass=(
+            S3_OPEN_SESSION_LISTINGS_PER_PASS if settings.staging_backend == "s3" else None
+        ),
     )
     await abort_orphan_multipart_uploads(
         container.store,
@@ -304,8 +327,7 @@ class JanitorLoop:
     def __init__(self, container: Container) -> None:
         self._container = container
         self._task: asyncio.Task[None] | None = None
-        # Its own generator: the process-wide `random` state is not ours to move.
-        self._jitter = random.Random()
+        self._jitter = random.Random()  # not the process-wide state, as `_sampler`
 
     def start(self) -> JanitorLoop:
         self._task = asyncio.create_task(self._run(), name="janitor")

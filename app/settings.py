@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     s3_addressing_style: Literal["path", "virtual", "auto"] = "path"
     s3_key_prefix: str = "uploads/"
     s3_public_base_url: str | None = None
-    s3_part_size_bytes: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * GiB)
+    # A whole number of SHA-256 blocks, so the file's hash state can be saved after each
+    # part (app.uploads.sha256_state) and `complete` on any replica hashes only the tail.
+    s3_part_size_bytes: int = Field(default=8 * MiB, ge=5 * MiB, le=5 * GiB, multiple_of=64)
     s3_max_concurrency: int = Field(default=4, ge=1, le=64)
     part_buffer_budget_bytes: int = Field(
         default=256 * MiB,

@@ -32,13 +32,16 @@ from app.dev.s3server import LocalS3Server
 from bench.loadgen import Connection, MultipartChunk
 from bench.servers import (
     BEFORE_ENV,
+    GRANIAN,
     PRODUCTION_ARGS,
+    SERVICE_SERVERS,
     UNTUNED_APP,
     Process,
     UploadServiceConfig,
     cpu_description,
     install_tus,
     logged_since,
+    service_command,
     start_bare,
     start_tus,
     start_upload_service,
@@ -47,7 +50,10 @@ from bench.servers import (
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-PHASES = ("ingest", "complete", "rss", "tus")
+PHASES = ("ingest", "complete", "rss", "tus", "replicas")
+# Run only when named in --phases (not part of a full run): the service under each of
+# --service-servers, side by side.
+EXTRA_PHASES = ("servers",)
 # tus uploads need a name and a file id at our service; tus-node gets the same header.
 TUS_METADATA = "filename YmVuY2gud2F2,main_service_file_id Nw=="  # bench.wav, 7
 REQUEST_PATH_APP = "bench.request_path_app:app"
@@ -321,6 +327,9 @@ async def multipart_object(
     }
 
 
+IDLE_LATER_SECONDS = 20.0
+
+
 async def peak_rss(
     service: Process, token: str, streams: int, chunk_bytes: int, rounds: int
 ) -> dict[str, int]:
@@ -355,6 +364,10 @@ async def peak_rss(
     sampler.join()
     peak = service.peak_rss_bytes()
     idle_after = service.rss_bytes()
+    # A fixed time later, not a wait for something: the service gives a burst's memory
+    # back once it has been quiet for one of its 5 s intervals (app.main.IdleHeapTrimmer).
+    await asyncio.sleep(IDLE_LATER_SECONDS)
+    idle_later = service.rss_bytes()
     for conn, session_id in zip(conns, sessions, strict=True):
         await api.abort(session_id)
         await conn.close()
@@ -363,6 +376,7 @@ async def peak_rss(
         "peak_rss_bytes": peak,
         "sampled_max_rss_bytes": sampled,
         "idle_after_rss_bytes": idle_after,
+        "idle_later_rss_bytes": idle_later,
     }
 
 
@@ -519,9 +533,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         # store, the same raw-socket tus client, PATCHes of 1 MiB, 8 MiB, the whole file
         results["tus"] = []
         if "tus" in args.phases:
-            service = start_upload_service(
-                UploadServiceConfig(keypair, s3, bucket, work_dir)
-            )
+            service = start_upload_service(UploadServiceConfig(keypair, s3, bucket, work_dir))
             tus_files = work_dir / "tus-files-2"
             tus = start_tus(tus_dir, tus_files)
             processes += [service, tus]
@@ -639,9 +651,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         results["rss"] = []
         variants = [("shipped", False), ("shipped", True)]
         if args.malloc_ab:
-            variants.append(("before", True))
+            # two-arenas: as shipped but for the arena count it had until 2026-12-07
+            variants += [("before", True), ("two-arenas", True)]
         for variant, eager in variants if "rss" in args.phases else ():
             before = variant == "before"
+            variant_env = {"before": BEFORE_ENV, "two-arenas": {"MALLOC_ARENA_MAX": "2"}}
             service = start_upload_service(
                 UploadServiceConfig(
                     keypair,
@@ -650,7 +664,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     work_dir,
                     eager_flush=eager,
                     asgi_app=UNTUNED_APP if before else "app.main:app",
-                    extra_env=BEFORE_ENV if before else {},
+                    extra_env=variant_env.get(variant, {}),
                 )
             )
             processes.append(service)
@@ -664,9 +678,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 f" eager {'on' if eager else 'off'}):"
                 f" {figures_rss['peak_rss_bytes'] / 1e6:.0f} MB"
                 f" (idle before {figures_rss['baseline_rss_bytes'] / 1e6:.0f} MB,"
-                f" after {figures_rss['idle_after_rss_bytes'] / 1e6:.0f} MB)",
+                f" after {figures_rss['idle_after_rss_bytes'] / 1e6:.0f} MB,"
+                f" {IDLE_LATER_SECONDS:.0f} s later"
+                f" {figures_rss['idle_later_rss_bytes'] / 1e6:.0f} MB)",
                 flush=True,
             )
+        if "servers" in args.phases:
+            results["servers"] = await compare_servers(
+                args, keypair, s3, bucket, work_dir, processes
+            )
+        if "replicas" in args.phases:
+            results["replicas"] = await replicas_phase(args, keypair, s3, work_dir, tus_dir)
         results["load_average_at_end"] = os.getloadavg()
     finally:
         for process in processes:
@@ -675,6 +697,231 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(work_dir, ignore_errors=True)
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     return results
+
+
+# ------------------------------------------------------------- servers (issue 16, 3)
+async def ingest_service_timed(
+    port: int, token: str, requests: int, payload: memoryview, clients: int
+) -> tuple[float, list[float]]:
+    """`ingest_service` by request count, with each chunk request's latency (seconds,
+    from writing its head to reading its whole response)."""
+    api = Client(port, token)
+    per_client = requests // clients
+    conns = [await Connection("127.0.0.1", port).open() for _ in range(clients)]
+    sessions = [await api.init(conn) for conn in conns]
+    latencies: list[float] = []
+
+    async def run(conn: Connection, session_id: str) -> None:
+        for index in range(per_client):
+            sent = time.perf_counter()
+            await api.chunk(conn, session_id, index, payload)
+            latencies.append(time.perf_counter() - sent)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(run(c, s) for c, s in zip(conns, sessions, strict=True)))
+    elapsed = time.perf_counter() - started
+    for conn, session_id in zip(conns, sessions, strict=True):
+        await api.abort(session_id)
+        await conn.close()
+    return mb_per_s(per_client * clients * len(payload), elapsed), latencies
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+async def compare_servers(
+    args: argparse.Namespace,
+    keypair: KeyPair,
+    s3: LocalS3Server,
+    bucket: str,
+    work_dir: Path,
+    processes: list[Process],
+) -> dict[str, Any]:
+    """The service under each of `--service-servers`, each started with its production
+    flags (bench.servers), one fresh process per server and eager-flush setting, the
+    servers alternating within each run: chunk ingest (MB/s, CPU per GiB and per request,
+    p50/p99 latency), idle RSS after start-up and the peak (VmHWM) over the phase, then
+    peak RSS of fresh processes at `--rss-streams` concurrent 16 MiB chunk streams."""
+    token = keypair.token("bench-user")
+    done: dict[str, Any] = {
+        "commands": {
+            name: " ".join(service_command(name, "app.main:app", "PORT"))
+            for name in args.service_servers
+        },
+        "ingest": [],
+        "memory": [],
+    }
+    for eager in args.servers_eager:
+        servers: dict[str, Process] = {}
+        idle: dict[str, int] = {}
+        for name in args.service_servers:
+            config = UploadServiceConfig(
+                keypair, s3, bucket, work_dir, eager_flush=eager == "on", server=name
+            )
+            servers[name] = start_upload_service(config)
+            processes.append(servers[name])
+            await until_idle(servers[name])
+            idle[name] = servers[name].rss_bytes()
+        for chunk_kib in args.servers_chunk_kib:
+            chunk_bytes = chunk_kib * 1024
+            requests = min(args.servers_mib * MiB // chunk_bytes, args.servers_max_requests)
+            # Whole rounds, at least one chunk per client.
+            requests = max(requests - requests % args.servers_clients, args.servers_clients)
+            payload = memoryview(wav_file(chunk_bytes))
+            sent = requests * chunk_bytes
+            figures: dict[str, list[float]] = {name: [] for name in servers}
+            cpu: dict[str, list[float]] = {name: [] for name in servers}
+            latencies: dict[str, list[float]] = {name: [] for name in servers}
+            load_before = os.getloadavg()
+            for _ in range(args.runs):
+                for name, process in servers.items():
+                    cpu_before = process.cpu_seconds()
+                    mb_s, timed = await ingest_service_timed(
+                        process.port, token, requests, payload, args.servers_clients
+                    )
+                    await until_idle(process)  # eager flush's work counts, as in ingest
+                    figures[name].append(mb_s)
+                    cpu[name].append(process.cpu_seconds() - cpu_before)
+                    latencies[name] += timed
+            row: dict[str, Any] = {
+                "eager_flush": eager,
+                "chunk_kib": chunk_kib,
+                "clients": args.servers_clients,
+                "requests": requests,
+                "load_average_before": load_before,
+                "load_average_after": os.getloadavg(),
+                "samples": figures,
+                "cpu_samples": cpu,
+            }
+            for name in servers:
+                row[f"{name}_mb_s"] = median(figures[name])
+                row[f"{name}_requests_s"] = row[f"{name}_mb_s"] * 1e6 / chunk_bytes
+                row[f"{name}_cpu_s_per_gib"] = median(cpu[name]) / (sent / GiB)
+                row[f"{name}_cpu_ms_per_request"] = median(cpu[name]) / requests * 1000
+                row[f"{name}_p50_ms"] = percentile(latencies[name], 0.5) * 1000
+                row[f"{name}_p99_ms"] = percentile(latencies[name], 0.99) * 1000
+            done["ingest"].append(row)
+            print(
+                f"servers, eager {eager}, {chunk_kib} KiB x {args.servers_clients}: "
+                + ", ".join(
+                    f"{name} {row[f'{name}_mb_s']:.1f} MB/s"
+                    f" {row[f'{name}_cpu_ms_per_request']:.2f} CPU-ms/req"
+                    f" p50 {row[f'{name}_p50_ms']:.1f} p99 {row[f'{name}_p99_ms']:.1f} ms"
+                    for name in servers
+                )
+                + f"; load {load_before[0]:.1f} -> {row['load_average_after'][0]:.1f}",
+                flush=True,
+            )
+        for name, process in servers.items():
+            done["memory"].append(
+                {
+                    "server": name,
+                    "eager_flush": eager,
+                    "workload": "ingest phase",
+                    "idle_rss_bytes": idle[name],
+                    "peak_rss_bytes": process.peak_rss_bytes(),
+                }
+            )
+            process.stop()
+    for name in args.service_servers if args.rss_streams else ():
+        service = start_upload_service(
+            UploadServiceConfig(keypair, s3, bucket, work_dir, server=name)
+        )
+        processes.append(service)
+        await until_idle(service)
+        figures_rss = await peak_rss(service, token, args.rss_streams, 16 * MiB, args.rss_rounds)
+        service.stop()
+        done["memory"].append(
+            {
+                "server": name,
+                "eager_flush": "on",
+                "workload": f"{args.rss_streams} x 16 MiB streams x {args.rss_rounds}",
+                "idle_rss_bytes": figures_rss["baseline_rss_bytes"],
+                "peak_rss_bytes": figures_rss["peak_rss_bytes"],
+                "idle_after_rss_bytes": figures_rss["idle_after_rss_bytes"],
+            }
+        )
+        print(
+            f"servers, peak RSS under {name}: {figures_rss['peak_rss_bytes'] / 1e6:.0f} MB"
+            f" (idle {figures_rss['baseline_rss_bytes'] / 1e6:.0f} MB)",
+            flush=True,
+        )
+    return done
+
+
+def servers_markdown(done: dict[str, Any]) -> list[str]:
+    rows = done.get("ingest", [])
+    if not rows:
+        return []
+    names = [n for n in SERVICE_SERVERS if f"{n}_mb_s" in rows[0]]
+    lines = [
+        "",
+        "| Service by server, eager flush, chunk x clients | "
+        + " | ".join(f"{n} MB/s (requests/s)" for n in names)
+        + " | "
+        + " | ".join(f"{n} ÷ {names[0]}" for n in names[1:])
+        + " | CPU-s per GiB: "
+        + " / ".join(names)
+        + " | CPU-ms per request: "
+        + " / ".join(names)
+        + " | p50 / p99 ms: "
+        + " ; ".join(names)
+        + " | load before, after |",
+        "|---|" + "---:|" * (2 * len(names) + 3),
+    ]
+    for row in rows:
+        kib = row["chunk_kib"]
+        size = f"{kib // 1024} MiB" if kib >= 1024 else f"{kib} KiB"
+        lines.append(
+            f"| {row['eager_flush']}, {size} x {row['clients']}"
+            + "".join(f" | {row[f'{n}_mb_s']:.1f} ({row[f'{n}_requests_s']:.0f})" for n in names)
+            + "".join(f" | {row[f'{n}_mb_s'] / row[f'{names[0]}_mb_s']:.2f}" for n in names[1:])
+            + " | "
+            # Per GiB says nothing of 1 KiB chunks: their cost is the request's.
+            + " / ".join(f"{row[f'{n}_cpu_s_per_gib']:.2f}" if kib >= 64 else "-" for n in names)
+            + " | "
+            + " / ".join(f"{row[f'{n}_cpu_ms_per_request']:.2f}" for n in names)
+            + " | "
+            + " ; ".join(f"{row[f'{n}_p50_ms']:.1f} / {row[f'{n}_p99_ms']:.1f}" for n in names)
+            + f" | {row['load_average_before'][0]:.1f}, {row['load_average_after'][0]:.1f} |"
+        )
+    lines += [
+        "",
+        "| Memory by server | eager flush | workload | idle | peak (VmHWM) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for row in done.get("memory", []):
+        lines.append(
+            f"| {row['server']} | {row['eager_flush']} | {row['workload']}"
+            f" | {row['idle_rss_bytes'] / 1e6:.0f} MB | {row['peak_rss_bytes'] / 1e6:.0f} MB |"
+        )
+    return lines
+async def replicas_phase(
+    args: argparse.Namespace, keypair: KeyPair, s3: LocalS3Server, work_dir: Path, tus_dir: Path
+) -> dict[str, Any]:
+    """Staging backends, replicas on one PostgreSQL and tus-node's S3 store (bench.replicas),
+    on this run's moto server in a bucket of their own."""
+    from bench import replicas  # imports this module: only once it is loaded
+
+    options = replicas.Options(
+        runs=args.runs,
+        ingest_mib=args.replicas_mib,
+        chunk_mib=tuple(args.replicas_chunk_mib),
+        clients=args.replicas_clients,
+        complete_mib=args.replicas_complete_mib,
+        complete_clients=args.replicas_clients,
+    )
+    return await replicas.run_phase(
+        options, keypair=keypair, s3=s3, work_dir=work_dir, tus_dir=tus_dir
+    )
+
+
+def replicas_markdown(results: dict[str, Any]) -> list[str]:
+    from bench import replicas
+
+    return replicas.markdown(results.get("replicas", {}))
 
 
 # Ingest columns, by process name; a run has those it started (older results: a dash).
@@ -771,12 +1018,13 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "| Peak RSS, 32 concurrent 16 MiB chunk streams | eager flush | peak (VmHWM)"
-        " | idle before | idle after |",
-        "|---|---|---:|---:|---:|",
+        " | idle before | idle after | 20 s later |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     labels = {
         "shipped": "as shipped (malloc tuned by the service)",
         "before": "before (glibc defaults, MALLOC_ARENA_MAX=2)",
+        "two-arenas": "as shipped but MALLOC_ARENA_MAX=2 (the arena count until 2026-12-07)",
     }
     for row in results.get("rss", []):
         if "variant" in row:
@@ -786,11 +1034,15 @@ def markdown(results: dict[str, Any]) -> str:
         # Results written before eager was a dimension here measured with it on.
         eager = "on (default)" if row.get("eager", True) else "off"
         after = row.get("idle_after_rss_bytes")
+        later = row.get("idle_later_rss_bytes")
         lines.append(
             f"| {label} | {eager} | {row['peak_rss_bytes'] / 1e6:.0f} MB"
             f" | {row['baseline_rss_bytes'] / 1e6:.0f} MB"
-            f" | {f'{after / 1e6:.0f} MB' if after else '-'} |"
+            f" | {f'{after / 1e6:.0f} MB' if after else '-'}"
+            f" | {f'{later / 1e6:.0f} MB' if later else '-'} |"
         )
+    lines += servers_markdown(results.get("servers", {}))
+    lines += replicas_markdown(results)
     return "\n".join(lines) + "\n"
 
 
@@ -819,6 +1071,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PATCH sizes of the tus comparison; 0: one PATCH for the whole file",
     )
     parser.add_argument("--tus-clients", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--replicas-mib", type=int, default=256, help="bytes per replicas figure")
+    parser.add_argument("--replicas-chunk-mib", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--replicas-clients", type=int, default=4)
+    parser.add_argument(
+        "--replicas-complete-mib",
+        type=int,
+        default=1024,
+        help="the file `complete` is timed for on both staging backends; 0: none",
+    )
     parser.add_argument(
         "--malloc-ab",
         action="store_true",
@@ -833,17 +1094,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="servers to run the bare endpoint under (granian: pip install granian)",
     )
     parser.add_argument(
+        "--service-servers",
+        nargs="+",
+        choices=SERVICE_SERVERS,
+        default=["uvicorn", "granian"],
+        help="the servers the `servers` phase runs the service under, each with its"
+        " production flags (bench/servers.py; granian: pip install granian)",
+    )
+    parser.add_argument("--servers-chunk-kib", type=int, nargs="+", default=[8192, 1024, 1])
+    parser.add_argument("--servers-clients", type=int, default=8)
+    parser.add_argument("--servers-mib", type=int, default=256, help="bytes per figure")
+    parser.add_argument(
+        "--servers-max-requests",
+        type=int,
+        default=4000,
+        help="at most this many chunk requests per figure (small chunks)",
+    )
+    parser.add_argument("--servers-eager", nargs="+", choices=("on", "off"), default=["on"])
+    parser.add_argument(
         "--phases",
         nargs="+",
-        choices=PHASES,
+        choices=PHASES + EXTRA_PHASES,
         default=list(PHASES),
         help="run only these parts of the suite (the results then hold only their figures)",
     )
     args = parser.parse_args(argv)
+    wants_granian = "servers" in args.phases and "granian" in args.service_servers
+    if wants_granian and not Path(GRANIAN).exists():
+        parser.error("granian is no dependency: pip install granian, or --service-servers")
     if args.quick:
         args.runs, args.ingest_mib, args.chunk_mib = 1, 64, [8]
         args.complete_mib, args.rss_rounds = [32], 1
         args.tus_mib, args.tus_clients = 64, [1]
+        args.replicas_mib, args.replicas_chunk_mib, args.replicas_complete_mib = 32, [8], 32
     return args
 
 

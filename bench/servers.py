@@ -1,6 +1,8 @@
 """The processes a benchmark run starts, each on loopback, each stopped by its own pid:
 the upload service and the bare FastAPI endpoint (uvicorn), tus-node-server, and the
-moto S3 server (app.dev.s3server).
+moto S3 server (app.dev.s3server); tus-node-server also with @tus/s3-store, the S3 peer.
+The `servers` phase also runs the service under uvicorn with other flags and under
+granian (SERVICE_SERVERS), each with the flags a production user would pass.
 
 Each runs as its users would run it, and nothing more: the service with the README's
 production command ("Running in production": `uvicorn app.main:app ... --workers N
@@ -39,6 +41,35 @@ TUS_DIR = Path(__file__).resolve().parent / "tus"
 PRODUCTION_ARGS = ("--workers", "1", "--timeout-graceful-shutdown", "30")
 UVICORN = str(Path(sys.executable).with_name("uvicorn"))
 GRANIAN = str(Path(sys.executable).with_name("granian"))
+# The same service under granian (`--service-servers`), with what a production user would
+# pass: the ASGI interface, one worker, HTTP/1 only (TLS and HTTP/2 end at the proxy), no
+# websockets, uvicorn's backlog, workers killed 30 s after SIGTERM (granian itself waits
+# for in-flight requests without limit), its access log off (the service logs each
+# request itself).
+GRANIAN_PRODUCTION_ARGS = (
+    "--interface",
+    "asgi",
+    "--workers",
+    "1",
+    "--http",
+    "1",
+    "--no-ws",
+    "--backlog",
+    "2048",
+    "--workers-kill-timeout",
+    "30",
+    "--no-access-log",
+)
+# uvicorn's own alternatives to its shipped flags (uvicorn[standard] picks httptools and
+# uvloop by itself): the pure-Python h11 parser, the stock asyncio loop, and a
+# concurrency limit (503 beyond it) with a deeper backlog.
+UVICORN_VARIANTS: dict[str, tuple[str, ...]] = {
+    "uvicorn": (),
+    "uvicorn-h11": ("--http", "h11"),
+    "uvicorn-asyncio": ("--loop", "asyncio"),
+    "uvicorn-limit": ("--limit-concurrency", "256", "--backlog", "4096"),
+}
+SERVICE_SERVERS = (*UVICORN_VARIANTS, "granian")
 # Only the "before" column of `--malloc-ab` sets one: the service as it shipped before it
 # tuned malloc itself (glibc defaults, and the MALLOC_ARENA_MAX=2 its README asked for).
 UNTUNED_APP = "bench.untuned_app:app"
@@ -87,10 +118,16 @@ class Process:
                 self.process.wait()
 
     def peak_rss_bytes(self) -> int:
-        return _status_kib(self.pid, "VmHWM") * 1024
+        return self._memory_kib("VmHWM") * 1024
 
     def rss_bytes(self) -> int:
-        return _status_kib(self.pid, "VmRSS") * 1024
+        return self._memory_kib("VmRSS") * 1024
+
+    def _memory_kib(self, field_name: str) -> int:
+        """Summed over the process and its children: granian serves from a worker process
+        it spawns, and its supervisor is paid for too (uvicorn with one worker has none).
+        Summed peaks bound the tree's peak from above; the supervisor's stays flat."""
+        return sum(_status_kib(pid, field_name) for pid in (self.pid, *_descendants(self.pid)))
 
     def cpu_seconds(self) -> float:
         """User + system CPU time so far of the process and its children (granian serves
@@ -131,7 +168,11 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _status_kib(pid: int, field_name: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    for line in text.splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1])
     return 0
@@ -151,6 +192,8 @@ class UploadServiceConfig:
     # Where the service's log goes (stderr, at its default level, as deployed; the
     # completion lines time the S3 commit); none: a file of its own in work_dir.
     log_path: Path | None = None
+    # The HTTP server it runs under (SERVICE_SERVERS); uvicorn is the shipped one.
+    server: str = "uvicorn"
 
 
 def start_upload_service(config: UploadServiceConfig) -> Process:
@@ -178,15 +221,7 @@ def start_upload_service(config: UploadServiceConfig) -> Process:
     log_path = config.log_path or config.work_dir / f"service-{port}.log"
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [
-                UVICORN,
-                config.asgi_app,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                *PRODUCTION_ARGS,
-            ],
+            service_command(config.server, config.asgi_app, port),
             env=env,
             cwd=config.work_dir,
             stdout=log,
@@ -194,6 +229,13 @@ def start_upload_service(config: UploadServiceConfig) -> Process:
         )
     _wait_ready(process, f"http://127.0.0.1:{port}/healthz", "upload service")
     return Process("service", port, process)
+
+
+def service_command(server: str, asgi_app: str, port: int | str) -> list[str]:
+    where = ("--host", "127.0.0.1", "--port", str(port))
+    if server == "granian":
+        return [GRANIAN, *GRANIAN_PRODUCTION_ARGS, *where, asgi_app]
+    return [UVICORN, asgi_app, *where, *PRODUCTION_ARGS, *UVICORN_VARIANTS[server]]
 
 
 def logged_since(log_path: Path, offset: int, event: str) -> dict[str, Any] | None:
@@ -231,9 +273,10 @@ def start_bare(work_dir: Path, *, server: str = "uvicorn") -> Process:
 def install_tus(install_dir: Path) -> Path:
     """`npm install` of the pinned @tus packages into a bench-local folder (once)."""
     install_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("package.json", "server.mjs"):
+    for name in ("package.json", "server.mjs", "server-s3.mjs"):
         shutil.copy(TUS_DIR / name, install_dir / name)
-    if not (install_dir / "node_modules" / "@tus" / "file-store").exists():
+    modules = install_dir / "node_modules" / "@tus"
+    if not all((modules / store).exists() for store in ("file-store", "s3-store")):
         subprocess.run(
             ["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"],
             cwd=install_dir,
@@ -254,6 +297,30 @@ def start_tus(install_dir: Path, files_dir: Path) -> Process:
     )
     _wait_ready(process, f"http://127.0.0.1:{port}/files", "tus-node-server")
     return Process("tus", port, process)
+
+
+def start_tus_s3(install_dir: Path, endpoint_url: str, bucket: str, tmp_dir: Path) -> Process:
+    """tus-node-server with @tus/s3-store at its defaults (bench/tus/server-s3.mjs); the
+    parts it cuts wait in `tmp_dir` (its os.tmpdir()) before they go to S3."""
+    port = free_port()
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    env = _base_env()
+    env.update(
+        {
+            "TMPDIR": str(tmp_dir),
+            "AWS_ACCESS_KEY_ID": DEV_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": DEV_SECRET_KEY,
+        }
+    )
+    process = subprocess.Popen(
+        ["node", str(install_dir / "server-s3.mjs"), str(port), endpoint_url, bucket],
+        env=env,
+        cwd=install_dir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    _wait_ready(process, f"http://127.0.0.1:{port}/files", "tus-node-server (S3 store)")
+    return Process("tus_s3", port, process)
 
 
 def cpu_description() -> str:

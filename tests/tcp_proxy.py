@@ -2,7 +2,8 @@
 
 It can also count what the client sends (occurrences of byte patterns such as
 `b"POST /upload/chunk "`, found across read boundaries) and cut itself off once a given
-number of bytes has gone upstream."""
+number of bytes has gone upstream, or slow what goes upstream to a given rate (a slow
+link: bandwidth shaping, not synchronisation)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ class CuttableProxy:
         self.connections = 0
         self.upstream_bytes = 0
         self.cut_after_upstream_bytes: int | None = None
+        self.upstream_bytes_per_second: float | None = None
         self.seen: Counter[bytes] = Counter()
         self._watch = tuple(watch)
         self._server: asyncio.Server | None = None
@@ -90,6 +92,9 @@ class CuttableProxy:
                     if limit is not None and self.upstream_bytes >= limit:
                         self.cut()
                         break
+                    rate = self.upstream_bytes_per_second
+                    if rate:
+                        await asyncio.sleep(len(data) / rate)
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -132,6 +132,9 @@ def test_compose_replicas_proxy_and_shutdown() -> None:
     conf = (DEPLOY / "nginx" / "upload.conf").read_text()
     assert "proxy_request_buffering off;" in conf
     assert "include /etc/nginx/conf.d/body-size.inc;" in conf
+    # A whole-file tus PATCH is not held to the chunk-sized cap.
+    files = conf[conf.index("location /files/ {") :]
+    assert "client_max_body_size 0;" in files[: files.index("}")]
 
 
 def test_nginx_body_limit_is_a_little_over_max_chunk_size(tmp_path: Path) -> None:
@@ -150,7 +153,8 @@ def test_dockerfile_has_what_the_runtime_relies_on() -> None:
     assert "STOPSIGNAL SIGTERM" in dockerfile
     assert re.search(r"^HEALTHCHECK .*\n.*/healthz", dockerfile, re.MULTILINE)
     assert "--timeout-graceful-shutdown" in dockerfile
-    assert "MALLOC_ARENA_MAX=2" in dockerfile
+    # The service tunes malloc itself; an environment value would override it.
+    assert not re.search(r"^\s*MALLOC_\w+=", dockerfile, re.MULTILINE)
     users = re.findall(r"^USER (\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("0", "root")
     ignored = (REPO / ".dockerignore").read_text().splitlines()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -14,12 +15,14 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from app import janitor
 from app.janitor import run_pass
 from app.main import create_app
 from app.uploads.models import utc_now
 from tests.conftest import running
 from tests.processes import service_env, staged_files
 from tests.support import UploadApi, assert_error
+from tests.tcp_proxy import CuttableProxy
 
 TTL_SECONDS = 3600
 GRACE_SECONDS = 600
@@ -153,6 +156,53 @@ async def test_open_sessions_keep_young_unrecorded_files(settings_factory, keypa
         assert report.removed_incoming_files == 0
         assert in_flight.exists()
         assert fresh_temp.exists()
+
+
+async def test_s3_staging_lists_a_bounded_sample_of_open_sessions_per_pass(
+    settings_factory, keypair, s3, s3_server, bucket, audio_wav, monkeypatch
+):
+    """With S3 staging a pass sends one LIST for the session prefixes plus one per sampled
+    open session, not one per open session; repeated passes still reach every session's
+    unrecorded object, and recorded chunks stay."""
+    sessions, per_pass = 8, 3
+    monkeypatch.setattr(janitor, "S3_OPEN_SESSION_LISTINGS_PER_PASS", per_pass)
+    monkeypatch.setattr(janitor, "_sampler", random.Random(13))
+    lists = b"list-type=2"
+    proxy = await CuttableProxy("127.0.0.1", s3_server.port, watch=[lists]).start()
+    settings = settings_factory(
+        staging_backend="s3",
+        s3_endpoint_url=proxy.url,
+        session_ttl_seconds=TTL_SECONDS,
+        orphan_grace_seconds=GRACE_SECONDS,
+    )
+    app = create_app(settings)
+    try:
+        async with running(app) as client:
+            api = UploadApi(client, keypair)
+            ids = [await api.session(file_id=100 + n) for n in range(sessions)]
+            for session_id in ids:
+                assert (await api.chunk(session_id, 0, audio_wav[:20_000])).status_code == 200
+                s3.put_object(
+                    Bucket=bucket, Key=f"staging/{session_id}/1.dead.chunk", Body=b"x" * 100
+                )
+            now = utc_now() + timedelta(seconds=GRACE_SECONDS + 5)
+            before = proxy.seen[lists]
+            report = await run_pass(app.state.container, now=now)
+            assert proxy.seen[lists] - before == 1 + per_pass
+            assert report.removed_chunk_files == per_pass
+            removed, passes = per_pass, 1
+            while removed < sessions and passes < 40:
+                removed += (await run_pass(app.state.container, now=now)).removed_chunk_files
+                passes += 1
+            assert removed == sessions
+            staged = s3.list_objects_v2(Bucket=bucket, Prefix="staging/").get("Contents", [])
+            names = sorted(item["Key"].split("/", 2)[1] for item in staged)
+            assert names == sorted(ids)  # one recorded chunk each, nothing else
+            for session_id in ids:
+                status = (await api.status(session_id)).json()["data"]
+                assert (status["state"], status["received_chunks"]) == ("uploading", [0])
+    finally:
+        await proxy.stop()
 
 
 async def test_expiry_drops_what_eager_flush_kept_in_memory_for_the_session(

@@ -1,18 +1,35 @@
 """Start-up tunes glibc's malloc for streaming (`app.main.tune_malloc`) and hands freed
-heap memory back to the OS (`app.main.release_freed_heap`)."""
+heap memory back to the OS (`app.main.release_freed_heap`); the served process stays
+lean (it migrates the database in a child process and loads no console extras), and its
+resident memory after start-up is bounded."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes.util
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
+from app.dev.s3server import LocalS3Server
+from app.main import IdleHeapTrimmer
+from app.settings import Settings
+from app.storage.database import SCHEMA_REVISION
+from tests.processes import ServiceProcess as ProcessUnderTest
+from tests.processes import make_wav, service_env
+from tests.service_process import ServiceProcess, settings_env
+
+REPO = Path(__file__).resolve().parents[1]
 
 GLIBC = sys.platform.startswith("linux") and ctypes.util.find_library("c") == "libc.so.6"
 
@@ -110,3 +127,198 @@ def test_malloc_settings_from_the_environment_win(tmp_path: Path) -> None:
         tmp_path, MALLOC_ARENA_MAX="4", GLIBC_TUNABLES="glibc.malloc.trim_threshold=1048576"
     )
     assert figures["tuned"] == {"MALLOC_MMAP_THRESHOLD_": 32 * 1024 * 1024}
+
+
+# A fresh interpreter, so modules the test process already loaded do not count.
+MIGRATE_IN_CHILD = """
+import asyncio, json, sys
+from app.storage.database import create_engine, current_revision, migrate
+
+async def main(url, schema):
+    engine = create_engine(url, schema=schema)
+    await migrate(engine, schema=schema, in_child_process=True)
+    async with engine.connect() as connection:
+        revision = await connection.run_sync(current_revision)
+    await engine.dispose()
+    print(json.dumps({"revision": revision, "alembic_loaded": "alembic" in sys.modules}))
+
+asyncio.run(main(sys.argv[1], sys.argv[2] or None))
+"""
+
+
+def test_a_child_process_migrates_and_the_caller_never_loads_alembic(
+    database: dict[str, Any],
+) -> None:
+    for _ in range(2):  # a new database, then one already migrated
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                MIGRATE_IN_CHILD,
+                database["database_url"],
+                database.get("database_schema") or "",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        figures = json.loads(done.stdout.splitlines()[-1])
+        assert figures == {"revision": SCHEMA_REVISION, "alembic_loaded": False}
+
+
+def test_a_failed_migration_in_a_child_stops_start_up_with_its_error(tmp_path: Path) -> None:
+    # A database a newer release migrated: this one's alembic does not know its revision.
+    database = tmp_path / "newer.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('9999_from_the_future')")
+    probe = """
+import asyncio, sys
+from app.storage.database import create_engine, migrate
+engine = create_engine(f"sqlite+aiosqlite:///{sys.argv[1]}")
+try:
+    asyncio.run(migrate(engine, in_child_process=True))
+except RuntimeError as error:
+    print("refused:", error)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(database)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.startswith("refused: schema migration failed (exit 1)"), done.stderr
+    assert "9999_from_the_future" in done.stdout
+
+
+def status_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field_name} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_served_process_is_lean_after_start_up(settings: Settings) -> None:
+    """`uvicorn app.main:app` on a new database (so the migration runs): ~125 MB here
+    (bench/README.md, "Memory"); 141 MB before it migrated in a child and dropped the
+    console extras. Loose: only a regression of ~10 MB or more fails."""
+    service = ServiceProcess(settings_env(settings)).start()
+    try:
+        assert service.process is not None
+        rss_mb = status_kib(service.process.pid, "VmRSS") / 1024
+    finally:
+        service.stop()
+    assert rss_mb <= 135
+
+
+@pytest.mark.skipif(not GLIBC, reason="malloc_trim is glibc's")
+async def test_the_heap_is_trimmed_once_after_work_and_not_while_idle() -> None:
+    trimmer = IdleHeapTrimmer(interval_seconds=0.1).start()
+    try:
+        await asyncio.sleep(0.5)  # whatever the test run itself did before is settled
+        settled = trimmer.trims
+        await asyncio.sleep(0.5)
+        assert trimmer.trims == settled  # quiet: nothing freed by work, nothing trimmed
+
+        # Busy (CPU in a worker thread, as part reads and hashing are), then quiet.
+        def burn(seconds: float) -> None:
+            until = time.process_time() + seconds
+            while time.process_time() < until:
+                sum(range(1000))
+
+        await asyncio.to_thread(burn, 0.5)
+        deadline = time.monotonic() + 10
+        while trimmer.trims == settled and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert trimmer.trims == settled + 1
+
+        # Quiet since: one trim per burst of work, not one per interval.
+        await asyncio.sleep(0.5)
+        assert trimmer.trims == settled + 1
+    finally:
+        await trimmer.stop()
+
+
+def rss_kib(pid: int) -> int:
+    return status_kib(pid, "VmRSS")
+
+
+@pytest.mark.skipif(not GLIBC, reason="reads /proc; the trim is glibc's")
+async def test_a_burst_of_chunks_is_bounded_and_given_back_once_idle(
+    keypair: KeyPair, s3_server: LocalS3Server, tmp_path: Path
+) -> None:
+    """8 sessions at once, two 8 MiB chunks of real audio each, eager flush on (the
+    default): 16 parts of 8 MiB go to S3 while and after chunks arrive. Loose bounds: the
+    peak above idle (~40 MB here; bench/README.md "Memory": 32 x 16 MiB x 4 adds ~75 MB),
+    and the process back near idle once quiet (IdleHeapTrimmer; without it the peak
+    stayed)."""
+    bucket = f"t-{uuid.uuid4().hex[:20]}"
+    s3_server.create_bucket(bucket)
+    env = service_env(
+        keypair,
+        s3_server.endpoint_url,
+        bucket,
+        {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"},
+        tmp_path / "staging",
+    )
+    audio = make_wav(tmp_path / "burst.wav", 8 * 1024 * 1024 / 176_400)[: 8 * 1024 * 1024]
+    service = ProcessUnderTest(env, tmp_path / "run").start()
+    try:
+        assert service.process is not None
+        pid = service.process.pid
+        idle_kib = rss_kib(pid)
+        token = keypair.token("burst")
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=service.url, timeout=120) as http:
+
+            async def upload(number: int) -> None:
+                init = await http.post(
+                    "/upload/init",
+                    json={"main_service_file_id": number, "original_file_name": "burst.wav"},
+                    headers=headers,
+                )
+                assert init.status_code == 200, init.text
+                session_id = init.json()["data"]["upload_session_id"]
+                for index in range(2):
+                    sent = await http.post(
+                        "/upload/chunk",
+                        data={"upload_session_id": session_id, "chunk_index": str(index)},
+                        files={"chunk": ("burst.wav", audio, "application/octet-stream")},
+                        headers=headers,
+                    )
+                    assert sent.status_code == 200, sent.text
+
+            await asyncio.gather(*(upload(number) for number in range(1, 9)))
+
+            # The peak includes the background flush those chunks started: wait for it.
+            s3: Any = s3_server.client()
+
+            def parts_flushed() -> int:
+                listing = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+                return sum(
+                    len(
+                        s3.list_parts(
+                            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        ).get("Parts", [])
+                    )
+                    for upload in listing
+                )
+
+            deadline = time.monotonic() + 120
+            while parts_flushed() < 16 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert parts_flushed() == 16
+
+            peak_kib = status_kib(pid, "VmHWM")
+            assert (peak_kib - idle_kib) / 1024 < 100  # ~40 MB here
+
+            deadline = time.monotonic() + 90
+            while rss_kib(pid) - idle_kib > 30 * 1024 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            assert (rss_kib(pid) - idle_kib) / 1024 <= 30, (idle_kib, peak_kib, rss_kib(pid))
+    finally:
+        service.stop()

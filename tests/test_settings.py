@@ -149,3 +149,11 @@ def test_cors_origins_are_split_and_empty_means_off(
     assert settings_factory(cors_allow_origins="").cors_allow_origins == ()
     assert settings_factory().cors_allow_origins == ()
     assert settings_factory().forwarded_allow_ips == "127.0.0.1"
+
+
+def test_part_size_must_be_whole_sha256_blocks(keypair: KeyPair) -> None:
+    # The file's hash state is saved after each part only at a 64-byte boundary.
+    with pytest.raises(SettingsError, match="S3_PART_SIZE_BYTES"):
+        load_settings(_env_file=None, s3_part_size_bytes=5 * 2**20 + 1, **_required(keypair))
+    settings = load_settings(_env_file=None, s3_part_size_bytes=6_000_000, **_required(keypair))
+    assert settings.s3_part_size_bytes == 6_000_000

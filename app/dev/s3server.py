@@ -3,37 +3,17 @@ tests. It keeps everything in memory: restart it and the bucket is gone."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 
-import httpx
+from app.dev.child import die_with_parent, free_port, stop, wait_until_answering
+
+__all__ = ["DEV_ACCESS_KEY", "DEV_SECRET_KEY", "LocalS3Server", "free_port"]
 
 DEV_ACCESS_KEY = "dev-access-key"
 DEV_SECRET_KEY = "dev-secret-key"  # noqa: S105 - moto accepts any credentials
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """Linux: the server gets SIGTERM when the process that started it dies, even by a
-    signal that skips clean-up (uvicorn re-raises SIGTERM after its own shutdown)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass  # elsewhere the caller's own clean-up has to do
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -54,26 +34,20 @@ class LocalS3Server:
             env=env,
             preexec_fn=die_with_parent,
         )
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
+        try:
+            wait_until_answering(
+                self.process,
+                f"{self.endpoint_url}/moto-api/",
+                name="local S3 server",
+                timeout_seconds=timeout_seconds,
+            )
+        finally:
             if self.process.poll() is not None:
-                raise RuntimeError("the local S3 server exited at start-up")
-            try:
-                httpx.get(f"{self.endpoint_url}/moto-api/", timeout=1.0)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the local S3 server did not start in time")
+                self.process = None
+        return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         self.process = None
 
     def client(self, region: str = "us-east-1") -> object:

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import httpx
 
-from app.dev.s3server import die_with_parent, free_port
+from app.dev.child import die_with_parent, free_port, stop, wait_until_answering
 from app.notify.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
 
 SECRET_ENV = "WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
@@ -165,17 +165,17 @@ class ReceiverProcess:
             env={**os.environ, SECRET_ENV: self.secret},
             preexec_fn=die_with_parent,
         )
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
+        try:
+            wait_until_answering(
+                self.process,
+                f"http://127.0.0.1:{self.port}/healthz",
+                name="webhook receiver",
+                timeout_seconds=timeout_seconds,
+            )
+        finally:
             if self.process.poll() is not None:
-                raise RuntimeError("the webhook receiver exited at start-up")
-            try:
-                httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1.0)
-                return self
-            except httpx.TransportError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("the webhook receiver did not start in time")
+                self.process = None
+        return self
 
     def events(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = httpx.get(
@@ -184,13 +184,7 @@ class ReceiverProcess:
         return events
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
         self.process = None
 
 

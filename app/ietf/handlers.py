@@ -8,11 +8,18 @@ the token's `file_id` claim). Offset retrieval (HEAD): 204 with `Upload-Offset`,
 `Upload-Offset`, `Upload-Complete`; interop 8 requires `application/partial-upload`; a
 wrong offset is 409 with the right one in `Upload-Offset` and a problem body. Cancellation
 (DELETE): 204. Completion answers 200 with the chunk API's complete envelope.
+
+`Upload-Limit` states only what is true of this service: `max-size` (MAX_FILE_SIZE) on
+every answer, and `expires` (the upload's remaining lifetime in seconds) on answers about
+an upload still receiving bytes. The others the draft defines are left out, which means
+"no limit": `min-size` is 0, an append's body has no size cap of its own (it is streamed
+in part-sized pieces; only `max-size` bounds it) and no least size (any piece is staged).
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from fastapi import Request, Response
@@ -37,7 +44,7 @@ from app.resumable.requests import (
     location,
     parse_upload_id,
 )
-from app.uploads.models import InitRequest, Principal, SessionState
+from app.uploads.models import InitRequest, Principal, SessionState, UploadSession, utc_now
 from app.uploads.ports import ResumableRecord
 
 if TYPE_CHECKING:
@@ -46,6 +53,7 @@ if TYPE_CHECKING:
 PROTOCOL = "ietf"
 SUPPORTED_VERSIONS = ("6", "8")
 PARTIAL_UPLOAD_TYPE = "application/partial-upload"
+INCOMPLETE = {"Upload-Complete": "?0"}
 PROBLEM_TYPES = "https://iana.org/assignments/http-problem-types#"
 _FILENAME = re.compile(r"""filename\*?=(?:UTF-8'')?"?([^";]+)"?""", re.IGNORECASE)
 
@@ -64,8 +72,15 @@ def _version(request: Request) -> str:
     return version
 
 
-def limit_headers(container: Container) -> dict[str, str]:
-    return {"Upload-Limit": f"max-size={container.settings.max_file_size}"}
+def limit_headers(container: Container, expires_at: datetime | None = None) -> dict[str, str]:
+    """`Upload-Limit`, a structured-field dictionary. `expires_at`: the upload's expiry,
+    for answers about an upload that still receives bytes (OPTIONS is about none)."""
+    limits = [f"max-size={container.settings.max_file_size}"]
+    if expires_at is not None:
+        # Rounded down: the upload lives at least that long (each append extends it).
+        remaining = int((expires_at - utc_now()).total_seconds())
+        limits.append(f"expires={max(remaining, 0)}")
+    return {"Upload-Limit": ", ".join(limits)}
 
 
 def _flag(request: Request) -> bool:
@@ -75,8 +90,18 @@ def _flag(request: Request) -> bool:
     return value == "?1"
 
 
-def _answer(version: str, container: Container, **headers: str) -> dict[str, str]:
-    return {"Upload-Draft-Interop-Version": version, **limit_headers(container), **headers}
+def _answer(
+    version: str,
+    container: Container,
+    headers: dict[str, str] | None = None,
+    *,
+    expires_at: datetime | None = None,
+) -> dict[str, str]:
+    return {
+        "Upload-Draft-Interop-Version": version,
+        **limit_headers(container, expires_at),
+        **(headers or {}),
+    }
 
 
 async def create(request: Request, principal: Principal, container: Container) -> Response:
@@ -104,22 +129,17 @@ async def create(request: Request, principal: Principal, container: Container) -
     if has_body(request):
         appended = await append_body(request, container, principal, session.id, 0)
         offset, cut_short = appended.offset, appended.cut_short
-    headers = _answer(version, container, Location=url, **{"Upload-Offset": str(offset)})
+    headers = {"Location": url, "Upload-Offset": str(offset)}
     if complete and not cut_short:
-        if length is None:
-            await uploads.declare_size(principal, session.id, offset)
-        elif offset != length:
-            # The body was cut short: the client resumes from Upload-Offset.
-            return Response(status_code=201, headers={**headers, "Upload-Complete": "?0"})
-        result = await complete_upload(
-            container, principal, session.id, session.main_service_file_id, PROTOCOL
-        )
-        return JSONResponse(
-            success("File upload completed.", result),
-            status_code=200,
-            headers={**headers, "Upload-Complete": "?1"},
-        )
-    return Response(status_code=201, headers={**headers, "Upload-Complete": "?0"})
+        completed = await _complete(version, container, principal, session, offset, headers)
+        if completed is not None:
+            return completed
+    return Response(
+        status_code=201,
+        headers=_answer(
+            version, container, {**headers, **INCOMPLETE}, expires_at=session.expires_at
+        ),
+    )
 
 
 async def head(
@@ -138,12 +158,13 @@ async def head(
     headers = _answer(
         version,
         container,
-        **{
+        {
             "Upload-Offset": str(offset),
             "Upload-Complete": "?1" if done else "?0",
             "Cache-Control": "no-store",
             STATE_HEADER: view.state.value,
         },
+        expires_at=session.expires_at if view.state is SessionState.UPLOADING else None,
     )
     if session.total_size is not None:
         headers["Upload-Length"] = str(session.total_size)
@@ -174,7 +195,9 @@ async def patch(
             principal, session.id, _int(request.headers["upload-length"], "Upload-Length")
         )
     try:
-        appended = await append_body(request, container, principal, session.id, offset)
+        appended = await append_body(
+            request, container, principal, session.id, offset, checked=session
+        )
     except OffsetMismatch as mismatch:
         expected = int((mismatch.details or {}).get("offset", 0))
         return _problem(
@@ -186,23 +209,47 @@ async def patch(
             headers={"Upload-Offset": str(expected)},
             **{"expected-offset": expected, "provided-offset": offset},
         )
-    new_offset = appended.offset
-    headers = _answer(version, container, **{"Upload-Offset": str(new_offset)})
+    headers = {"Upload-Offset": str(appended.offset)}
     if complete and not appended.cut_short:
-        length = session.total_size
-        if length is None:
-            await uploads.declare_size(principal, session.id, new_offset)
-            length = new_offset
-        if new_offset == length:
-            result = await complete_upload(
-                container, principal, session.id, session.main_service_file_id, PROTOCOL
-            )
-            return JSONResponse(
-                success("File upload completed.", result),
-                status_code=200,
-                headers={**headers, "Upload-Complete": "?1"},
-            )
-    return Response(status_code=204, headers={**headers, "Upload-Complete": "?0"})
+        completed = await _complete(
+            version, container, principal, session, appended.offset, headers
+        )
+        if completed is not None:
+            return completed
+    return Response(
+        status_code=204,
+        headers=_answer(
+            version, container, {**headers, **INCOMPLETE}, expires_at=session.expires_at
+        ),
+    )
+
+
+async def _complete(
+    version: str,
+    container: Container,
+    principal: Principal,
+    session: UploadSession,
+    offset: int,
+    headers: dict[str, str],
+) -> Response | None:
+    """The request said `Upload-Complete: ?1` and its whole body arrived: with no length
+    declared, `offset` is the length. At the length, complete through the core (200 with
+    the complete envelope; its refusals, 415..., propagate); short of it, None: the caller
+    answers `?0` and the client resumes from `Upload-Offset`."""
+    length = session.total_size
+    if length is None:
+        await container.uploads.declare_size(principal, session.id, offset)
+        length = offset
+    if offset != length:
+        return None
+    result = await complete_upload(
+        container, principal, session.id, session.main_service_file_id, PROTOCOL
+    )
+    return JSONResponse(
+        success("File upload completed.", result),
+        status_code=200,
+        headers=_answer(version, container, {**headers, "Upload-Complete": "?1"}),
+    )
 
 
 async def delete(
@@ -233,7 +280,7 @@ def _problem(
         {"type": PROBLEM_TYPES + kind, "title": title, **fields},
         status_code=status,
         media_type="application/problem+json",
-        headers=_answer(version, container, **(headers or {})),
+        headers=_answer(version, container, headers),
     )
 
 

@@ -8,6 +8,11 @@ one renewal interval, a dead one's lease lapses within the TTL. Beyond that: 423
 Holding it: a background task renews it every TTL/4. `fence()` runs before each piece is
 recorded and refuses (423) once the lease is known lost, or could be (no successful
 renewal for most of a TTL), so a writer that was replaced never records over the new one.
+
+Letting go: the request's last record releases the lease in its own transaction
+(`lease_to_release`), which also refuses the record if the lease was taken over; only a
+request that ends without such a record (a refusal, an empty body, a body that ended on
+a piece boundary) releases it in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ class HeldUpload:
         self._lease: Lease | None = None
         self._renewed_at = 0.0
         self._lost = False
+        self._released = False
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> HeldUpload:
@@ -93,6 +99,15 @@ class HeldUpload:
                 raise UploadLocked("This request lost the upload to another request.")
             self._renewed_at = time.monotonic()
 
+    def lease_to_release(self) -> Lease | None:
+        """For the request's last record to release in its own transaction (which fails
+        if the lease was taken over): one transaction less per request."""
+        return None if self._lost else self._lease
+
+    def released_with_record(self, lease: Lease) -> None:
+        if lease is self._lease:
+            self._released = True
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -103,5 +118,5 @@ class HeldUpload:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._lease is not None and not self._lost:
+        if self._lease is not None and not self._lost and not self._released:
             await asyncio.shield(self._locks.release(self._lease))

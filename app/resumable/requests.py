@@ -13,7 +13,7 @@ from app.container import Container
 from app.errors import SessionNotFound
 from app.resumable.body import RequestBody
 from app.resumable.lease import HeldUpload
-from app.uploads.models import AppendChecksum, CompleteRequest, Principal
+from app.uploads.models import AppendChecksum, CompleteRequest, Principal, UploadSession
 
 # The header a client reads on HEAD to learn an upload's outcome: the session's state
 # (uploading, completing, completed...); GET /upload/<id> then has the result.
@@ -35,7 +35,9 @@ async def append_body(
     *,
     checksum: AppendChecksum | None = None,
     flush_eagerly: bool = True,
+    checked: UploadSession | None = None,
 ) -> Appended:
+    """`checked`: the session as this request's `check_can_receive` returned it."""
     settings = container.settings
     # Every byte counts against the caller's staging quota as it arrives, as for chunks.
     new_writer = container.uploads.new_append_writer
@@ -57,6 +59,8 @@ async def append_body(
             fence=held.fence,
             flush_eagerly=flush_eagerly,
             new_writer=new_writer,
+            checked=checked,
+            writer_lease=held,
         )
     return Appended(offset, body.cut_short)
 

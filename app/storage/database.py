@@ -10,7 +10,10 @@ serialises all writers of one session.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +32,7 @@ _MIGRATION_LOCK_ID = 7_311_024_001
 # The newest migration in migrations/versions (a test checks they agree). A database
 # already there is not handed to alembic: importing alembic (with mako, and pygments
 # through mako) would cost the service ~10 MB of memory for as long as it runs.
-SCHEMA_REVISION = "0006_tus"
+SCHEMA_REVISION = "0008_tus_concat_parts"
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:
@@ -96,8 +99,22 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-async def migrate(engine: AsyncEngine, *, schema: str | None = None) -> None:
-    """Bring the schema to the newest revision (safe with several replicas at once)."""
+async def migrate(
+    engine: AsyncEngine, *, schema: str | None = None, in_child_process: bool = False
+) -> None:
+    """Bring the schema to the newest revision (safe with several replicas at once).
+
+    `in_child_process`: a database behind the newest revision is migrated by a short-lived
+    Python process instead of this one. Importing alembic, mako and the migration scripts
+    costs ~13 MB of memory, and dropping the modules afterwards gives back none of it
+    (measured: Python's object arenas stay fragmented), so the long-running service
+    never imports them; one-off commands and tests migrate in-process."""
+    if in_child_process:
+        async with engine.connect() as connection:
+            revision = await connection.run_sync(current_revision)
+        if revision != SCHEMA_REVISION:
+            await _migrate_in_child(engine, schema)
+        return
     async with engine.begin() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execute(
@@ -106,6 +123,47 @@ async def migrate(engine: AsyncEngine, *, schema: str | None = None) -> None:
             if schema:
                 await connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
         await connection.run_sync(_upgrade)
+
+
+# The URL (it may hold a password) goes through the child's environment, not its argv.
+_CHILD_URL_VARIABLE = "AUDIO_UPLOAD_MIGRATE_URL"
+
+
+async def _migrate_in_child(engine: AsyncEngine, schema: str | None) -> None:
+    environment = {
+        **os.environ,
+        _CHILD_URL_VARIABLE: engine.url.render_as_string(hide_password=False),
+    }
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "app.storage.database",
+        schema or "",
+        env=environment,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await child.communicate()
+    # Alembic's "Running upgrade ..." lines, as an in-process migration logs them.
+    sys.stderr.write(stderr.decode(errors="replace"))
+    if child.returncode != 0:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise RuntimeError(f"schema migration failed (exit {child.returncode}): {tail[0]}")
+
+
+def _child_main(schema: str) -> None:
+    import logging
+
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
+    engine = create_engine(os.environ[_CHILD_URL_VARIABLE], schema=schema or None)
+
+    async def run() -> None:
+        try:
+            await migrate(engine, schema=schema or None)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
 
 
 def _upgrade(connection: Connection) -> None:
@@ -124,3 +182,7 @@ def current_revision(connection: Connection) -> str | None:
         return None
     revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     return None if revision is None else str(revision)
+
+
+if __name__ == "__main__":  # the child of `migrate(..., in_child_process=True)`
+    _child_main(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -1,9 +1,10 @@
 """LeaseStore on SQLAlchemy Core: one row per (session, lease name) in `session_leases`.
 
-Acquiring is one transaction: insert the row at generation 1, or else take it over with
-a guarded update (`expires_at <= now`) that raises the generation. On PostgreSQL the
-update's row lock makes two takers queue and the second find the lease live; on SQLite
-every transaction is IMMEDIATE, so writers are already one at a time. Releasing lapses
+Acquiring is one statement: insert the row at generation 1, or else (on conflict) take it
+over with a guarded update (`expires_at <= now`) that raises the generation, returning
+the generation taken or nothing. On PostgreSQL the conflicting row's lock makes two
+takers queue and the second find the lease live; on SQLite every transaction is
+IMMEDIATE, so writers are already one at a time. Releasing lapses
 the row instead of deleting it: a deleted row would restart at generation 1 and let an
 old holder's token match again. Rows go with their session (`delete_for`), in the
 transaction that completes or purges it.
@@ -11,66 +12,109 @@ transaction that completes or purges it.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, bindparam, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.storage import sqlite_driver
 from app.storage.tables import session_leases
 from app.uploads.ports import Lease
 
 L = session_leases.c
 # What a released lease's expiry is set to: long past, whatever the clocks say.
-_LAPSED = datetime(2000, 1, 1, tzinfo=UTC)
+LAPSED = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def _acquire_statement(dialect_name: str) -> Any:
+    """Insert the lease at generation 1, or take a lapsed one over (a new generation);
+    returns the generation taken, or no row while another holder's lease runs."""
+    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    upsert = insert(session_leases).values(
+        session_id=bindparam("session_id"),
+        name=bindparam("name"),
+        holder=bindparam("holder"),
+        generation=1,
+        expires_at=bindparam("expires_at"),
+        release_requested=False,
+    )
+    return upsert.on_conflict_do_update(
+        index_elements=[L.session_id, L.name],
+        set_={
+            "holder": upsert.excluded.holder,
+            "generation": L.generation + 1,
+            "expires_at": upsert.excluded.expires_at,
+            "release_requested": False,
+        },
+        where=L.expires_at <= bindparam("now"),
+    ).returning(L.generation)
+
+
+def _write_returning_one(
+    connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]
+) -> Any:
+    """One writing statement in its own IMMEDIATE transaction, in the database thread."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        cursor = connection.execute(sql, parameters)
+        row = cursor.fetchone()
+        cursor.close()
+        connection.commit()
+        return row
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
 
 
 class SqlLeaseStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # On SQLite a lease is taken in one hand-off to the database thread (sqlite_driver).
+        self._sqlite_acquire = (
+            sqlite_driver.Prepared(_acquire_statement("sqlite"), engine.dialect)
+            if engine.dialect.name == "sqlite"
+            else None
+        )
 
     async def acquire(
         self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
     ) -> Lease | None:
         expires_at = now + timedelta(seconds=ttl_seconds)
-        key = and_(L.session_id == session_id, L.name == name)
-        try:
+        values = {
+            "session_id": session_id,
+            "name": name,
+            "holder": holder,
+            "expires_at": expires_at,
+            "now": now,
+        }
+        if self._sqlite_acquire is not None:
+            prepared = self._sqlite_acquire
+            row = await sqlite_driver.run_on_connection(
+                self.engine, _write_returning_one, prepared.sql, prepared.parameters(values)
+            )
+            generation = row[0] if row is not None else None
+        else:
             async with self.engine.begin() as conn:
-                taken = await conn.execute(
-                    update(session_leases)
-                    .where(key, L.expires_at <= now)
-                    .values(
-                        holder=holder,
-                        generation=L.generation + 1,
-                        expires_at=expires_at,
-                        release_requested=False,
-                    )
-                )
-                if taken.rowcount == 1:
-                    return await _read(conn, session_id, name)
-                exists = await conn.scalar(select(L.generation).where(key))
-                if exists is not None:
-                    return None  # another holder's lease is running
-                await conn.execute(
-                    session_leases.insert().values(
-                        session_id=session_id,
-                        name=name,
-                        holder=holder,
-                        generation=1,
-                        expires_at=expires_at,
-                    )
-                )
-                return Lease(session_id, name, holder, 1, expires_at)
-        except IntegrityError:
-            return None  # another replica inserted the first row at the same moment
+                generation = await conn.scalar(_acquire_statement("postgresql"), values)
+        if generation is None:
+            return None  # another holder's lease is running
+        return Lease(session_id, name, holder, int(generation), expires_at)
 
     async def renew(self, lease: Lease, *, now: datetime, ttl_seconds: float) -> Lease | None:
         expires_at = now + timedelta(seconds=ttl_seconds)
         async with self.engine.begin() as conn:
             renewed = await conn.execute(
-                update(session_leases).where(held_by(lease)).values(expires_at=expires_at)
+                update(session_leases)
+                # A released lease stays released: a renewal racing the release (or a
+                # holder's last write that released it) must not bring it back.
+                .where(held_by(lease), L.expires_at > LAPSED)
+                .values(expires_at=expires_at)
             )
         if renewed.rowcount != 1:
             return None
@@ -79,7 +123,7 @@ class SqlLeaseStore:
     async def release(self, lease: Lease, *, now: datetime) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(
-                update(session_leases).where(held_by(lease)).values(expires_at=_LAPSED)
+                update(session_leases).where(held_by(lease)).values(expires_at=LAPSED)
             )
 
     async def request_release(self, session_id: str, name: str, *, now: datetime) -> None:

@@ -2,7 +2,9 @@
 
 A part row is written only after S3 acknowledged the part, and always names the
 multipart upload it belongs to, so rows of an aborted upload are never mistaken for
-parts of a newer one. Rows go with their session (ON DELETE CASCADE).
+parts of a newer one. Rows go with their session (ON DELETE CASCADE). A row may carry the
+file's SHA-256 state after its part and the layout that state holds for (hex; see
+app.uploads.eager): written in the same fenced statement as the part itself.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.storage import leases
 from app.storage.tables import upload_parts, upload_sessions
-from app.uploads.eager import CoveredChunk, FlushedPart
+from app.uploads.eager import CoveredChunk, FlushedPart, HashCheckpoint
 from app.uploads.models import SessionState
 from app.uploads.ports import Lease
 
@@ -39,6 +41,7 @@ class SqlPartStore:
                     size_bytes=int(row["size_bytes"]),
                     etag=row["etag"],
                     covers=tuple(CoveredChunk(*item) for item in row["covers"]),
+                    checkpoint=_checkpoint(row["layout_sha256"], row["sha256_state"]),
                 )
                 for row in rows.mappings()
             ]
@@ -70,6 +73,8 @@ class SqlPartStore:
                     etag=part.etag,
                     covers=[list(item) for item in part.covers],
                     uploaded_at=now,
+                    layout_sha256=part.checkpoint.layout_sha256 if part.checkpoint else None,
+                    sha256_state=part.checkpoint.state.hex() if part.checkpoint else None,
                 )
             )
             return True
@@ -105,3 +110,12 @@ class SqlPartStore:
         if isinstance(created, dict) and created.get("upload_id") == upload_id:
             return str(created["content_type"])
         return None
+
+
+def _checkpoint(layout_sha256: str | None, state_hex: str | None) -> HashCheckpoint | None:
+    if layout_sha256 is None or state_hex is None:
+        return None
+    try:
+        return HashCheckpoint(layout_sha256, bytes.fromhex(state_hex))
+    except ValueError:
+        return None  # unreadable: the prefix is hashed again, as without a state

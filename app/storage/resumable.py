@@ -14,6 +14,7 @@ the TTL.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
 
@@ -28,9 +29,24 @@ from app.uploads.ports import Lease, LeaseState, ResumableRecord
 R = resumable_uploads.c
 
 
+# Records never change once written (they go with their session; a final upload's parts
+# are written with it), so each process keeps the ones it read last: a PATCH then costs
+# no read of its own. A record of a session since purged is harmless: the session's own
+# read (every request makes it) finds none.
+_CACHED_RECORDS = 4096
+
+
 class SqlResumableRecords:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._cache: OrderedDict[str, ResumableRecord] = OrderedDict()
+
+    def _remember(self, record: ResumableRecord) -> ResumableRecord:
+        self._cache[record.session_id] = record
+        self._cache.move_to_end(record.session_id)
+        while len(self._cache) > _CACHED_RECORDS:
+            self._cache.popitem(last=False)
+        return record
 
     async def create(self, record: ResumableRecord) -> None:
         async with self.engine.begin() as conn:
@@ -40,10 +56,15 @@ class SqlResumableRecords:
                     protocol=record.protocol,
                     metadata=record.metadata,
                     concat=record.concat,
+                    concat_parts=" ".join(record.parts) or None,
                 )
             )
 
     async def get(self, session_id: str) -> ResumableRecord | None:
+        cached = self._cache.get(session_id)
+        if cached is not None:
+            self._cache.move_to_end(session_id)
+            return cached
         async with self.engine.connect() as conn:
             row = (
                 (await conn.execute(select(resumable_uploads).where(R.session_id == session_id)))
@@ -52,11 +73,14 @@ class SqlResumableRecords:
             )
         if row is None:
             return None
-        return ResumableRecord(
-            session_id=row["session_id"],
-            protocol=row["protocol"],
-            metadata=row["metadata"],
-            concat=row["concat"],
+        return self._remember(
+            ResumableRecord(
+                session_id=row["session_id"],
+                protocol=row["protocol"],
+                metadata=row["metadata"],
+                concat=row["concat"],
+                parts=tuple((row["concat_parts"] or "").split()),
+            )
         )
 
 

@@ -8,6 +8,7 @@ writer of a session, so a chunk record can never slip in after a completion clai
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.engine import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from app.notify.outbox import insert_event
-from app.storage import leases
+from app.storage import leases, sqlite_driver
 from app.storage.tables import session_leases, upload_chunks, upload_parts, upload_sessions
 from app.uploads.leasing import WORK
 from app.uploads.models import SessionState, StoredChunk, UploadSession
@@ -49,30 +50,194 @@ _TOUCH_UPLOADING = (
     )
     .values(updated_at=bindparam("now"), expires_at=bindparam("new_expiry"))
 )
-_OTHER_CHUNKS_BYTES = select(func.coalesce(func.sum(C.size_bytes), 0)).where(
-    C.session_id == bindparam("session_id"), C.chunk_index != bindparam("index")
+# A replaced chunk's row goes first (its bytes no longer count), and the new row is
+# inserted only while the session's other chunks leave room for it: three statements per
+# chunk, each in the transaction the session row's update opened.
+_DELETE_CHUNK_AT = (
+    delete(upload_chunks)
+    .where(C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index"))
+    .returning(C.chunk_index, C.size_bytes, C.sha256, C.file_name)
 )
-_CHUNK_AT = select(upload_chunks).where(
-    C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index")
+_INSERT_CHUNK_WITHIN = insert(upload_chunks).from_select(
+    ["session_id", "chunk_index", "size_bytes", "sha256", "file_name", "received_at"],
+    select(
+        bindparam("session_id", type_=S.id.type),
+        bindparam("index", type_=C.chunk_index.type),
+        bindparam("size_bytes", type_=C.size_bytes.type),
+        bindparam("sha256", type_=C.sha256.type),
+        bindparam("file_name", type_=C.file_name.type),
+        bindparam("received_at", type_=C.received_at.type),
+    ).where(
+        select(func.coalesce(func.sum(C.size_bytes), 0))
+        .where(C.session_id == bindparam("session_id"))
+        .scalar_subquery()
+        + bindparam("size_bytes")
+        <= bindparam("max_bytes", type_=C.size_bytes.type)
+    ),
 )
-_DELETE_CHUNK_AT = delete(upload_chunks).where(
-    C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index")
+# A writer's last record releases its lease in the same transaction, only if still its own.
+_RELEASE_HELD = (
+    update(session_leases)
+    .where(
+        L.session_id == bindparam("lease_session_id"),
+        L.name == bindparam("lease_name"),
+        L.generation == bindparam("lease_generation"),
+        L.holder == bindparam("lease_holder"),
+    )
+    .values(expires_at=leases.LAPSED)
 )
-_INSERT_CHUNK = insert(upload_chunks)
 _CHUNK_TOTALS = select(func.count(), func.coalesce(func.sum(C.size_bytes), 0)).where(
     C.session_id == bindparam("session_id")
 )
 
 
+class _SqliteChunkPath:
+    """The chunk path's statements on SQLite, each call one hand-off to the database
+    thread running the whole transaction on its `sqlite3` connection: through
+    SQLAlchemy's execution and the async adapter, the same statements cost the event
+    loop several times what SQLite needs to run them (bench/README.md, "Per-request
+    cost"). Same SQL, same type processing (`sqlite_driver.Prepared`)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        dialect = engine.dialect
+        self.engine = engine
+        self.session_by_id = sqlite_driver.Prepared(_SESSION_BY_ID, dialect)
+        self.touch = sqlite_driver.Prepared(_TOUCH_UPLOADING, dialect)
+        self.release = sqlite_driver.Prepared(_RELEASE_HELD, dialect)
+        self.delete_at = sqlite_driver.Prepared(_DELETE_CHUNK_AT, dialect)
+        self.insert_within = sqlite_driver.Prepared(_INSERT_CHUNK_WITHIN, dialect)
+        self.totals = sqlite_driver.Prepared(_CHUNK_TOTALS, dialect)
+
+    async def get(self, session_id: str) -> UploadSession | None:
+        raw = await sqlite_driver.run_on_connection(
+            self.engine,
+            _fetch_one,
+            self.session_by_id.sql,
+            self.session_by_id.parameters({"session_id": session_id}),
+        )
+        return _session(self.session_by_id.row(raw)) if raw is not None else None  # type: ignore[arg-type]
+
+    async def chunk_totals(self, session_id: str) -> tuple[int, int]:
+        raw = await sqlite_driver.run_on_connection(
+            self.engine,
+            _fetch_one,
+            self.totals.sql,
+            self.totals.parameters({"session_id": session_id}),
+        )
+        return (int(raw[0]), int(raw[1])) if raw is not None else (0, 0)
+
+    async def record_chunk(
+        self,
+        session_id: str,
+        chunk: StoredChunk,
+        *,
+        now: datetime,
+        expires_at: datetime,
+        max_session_bytes: int,
+        release: Lease | None,
+    ) -> ChunkRecordResult:
+        statements = (
+            (
+                self.touch.sql,
+                self.touch.parameters(
+                    {"session_id": session_id, "now": now, "new_expiry": expires_at}
+                ),
+            ),
+            (
+                self.release.sql,
+                self.release.parameters(_lease_parameters(release)),
+            )
+            if release is not None
+            else None,
+            (
+                self.delete_at.sql,
+                self.delete_at.parameters({"session_id": session_id, "index": chunk.index}),
+            ),
+            (
+                self.insert_within.sql,
+                self.insert_within.parameters(
+                    {
+                        "session_id": session_id,
+                        "index": chunk.index,
+                        "size_bytes": chunk.size_bytes,
+                        "sha256": chunk.sha256,
+                        "file_name": chunk.file_name,
+                        "received_at": now,
+                        "max_bytes": max_session_bytes,
+                    }
+                ),
+            ),
+            (
+                self.session_by_id.sql,
+                self.session_by_id.parameters({"session_id": session_id}),
+            ),
+        )
+        outcome, old = await sqlite_driver.run_on_connection(
+            self.engine, _record_chunk_sqlite, statements
+        )
+        replaced = _chunk(self.delete_at.row(old)) if old is not None else None  # type: ignore[arg-type]
+        return ChunkRecordResult(outcome, replaced=replaced)
+
+
+def _fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
+    cursor = connection.execute(sql, parameters)
+    try:
+        return cursor.fetchone()
+    finally:
+        cursor.close()
+
+
+def _record_chunk_sqlite(
+    connection: sqlite3.Connection, statements: tuple[Any, ...]
+) -> tuple[ChunkRecordOutcome, Any]:
+    """`SqlSessionStore.record_chunk`'s transaction, run in the database thread."""
+    touch, release, delete_at, insert_within, session_by_id = statements
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if connection.execute(*touch).rowcount != 1:
+            exists = connection.execute(*session_by_id).fetchone() is not None
+            connection.rollback()
+            return (
+                ChunkRecordOutcome.NOT_UPLOADING if exists else ChunkRecordOutcome.MISSING
+            ), None
+        if release is not None and connection.execute(*release).rowcount != 1:
+            connection.rollback()
+            return ChunkRecordOutcome.LEASE_LOST, None
+        cursor = connection.execute(*delete_at)
+        old = cursor.fetchone()
+        cursor.close()
+        if connection.execute(*insert_within).rowcount != 1:
+            connection.rollback()  # the replaced row stays
+            return ChunkRecordOutcome.SESSION_TOO_LARGE, None
+        connection.commit()
+        return ChunkRecordOutcome.RECORDED, old
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
+
+
+def _lease_parameters(lease: Lease) -> dict[str, Any]:
+    return {
+        "lease_session_id": lease.session_id,
+        "lease_name": lease.name,
+        "lease_generation": lease.generation,
+        "lease_holder": lease.holder,
+    }
+
+
 class SqlSessionStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        self._sqlite = _SqliteChunkPath(engine) if engine.dialect.name == "sqlite" else None
 
     async def create(self, session: UploadSession) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(insert(upload_sessions).values(**_session_row(session)))
 
     async def get(self, session_id: str) -> UploadSession | None:
+        if self._sqlite is not None:
+            return await self._sqlite.get(session_id)
         async with self.engine.connect() as conn:
             return await _get(conn, session_id)
 
@@ -91,8 +256,20 @@ class SqlSessionStore:
         now: datetime,
         expires_at: datetime,
         max_session_bytes: int,
+        release: Lease | None = None,
     ) -> ChunkRecordResult:
-        at = {"session_id": session_id, "index": chunk.index}
+        """`release`: a lease this chunk's writer holds, lapsed in the same transaction
+        (the writer's last record): the chunk commits only while the lease is still its
+        holder's, so a writer that was replaced records nothing (LEASE_LOST)."""
+        if self._sqlite is not None:
+            return await self._sqlite.record_chunk(
+                session_id,
+                chunk,
+                now=now,
+                expires_at=expires_at,
+                max_session_bytes=max_session_bytes,
+                release=release,
+            )
         async with self.engine.begin() as conn:
             touched = await conn.execute(
                 _TOUCH_UPLOADING,
@@ -106,24 +283,36 @@ class SqlSessionStore:
                     else ChunkRecordOutcome.NOT_UPLOADING
                 )
                 return ChunkRecordResult(outcome)
-            others = await conn.scalar(_OTHER_CHUNKS_BYTES, at)
-            if int(others or 0) + chunk.size_bytes > max_session_bytes:
+            if (
+                release is not None
+                and not (await conn.execute(_RELEASE_HELD, _lease_parameters(release))).rowcount
+            ):
                 await conn.rollback()
-                return ChunkRecordResult(ChunkRecordOutcome.SESSION_TOO_LARGE)
-            old = (await conn.execute(_CHUNK_AT, at)).mappings().first()
-            if old is not None:
-                await conn.execute(_DELETE_CHUNK_AT, at)
-            await conn.execute(
-                _INSERT_CHUNK,
+                return ChunkRecordResult(ChunkRecordOutcome.LEASE_LOST)
+            old = (
+                (
+                    await conn.execute(
+                        _DELETE_CHUNK_AT, {"session_id": session_id, "index": chunk.index}
+                    )
+                )
+                .mappings()
+                .first()
+            )
+            inserted = await conn.execute(
+                _INSERT_CHUNK_WITHIN,
                 {
                     "session_id": session_id,
-                    "chunk_index": chunk.index,
+                    "index": chunk.index,
                     "size_bytes": chunk.size_bytes,
                     "sha256": chunk.sha256,
                     "file_name": chunk.file_name,
                     "received_at": now,
+                    "max_bytes": max_session_bytes,
                 },
             )
+            if inserted.rowcount != 1:
+                await conn.rollback()  # the replaced row stays
+                return ChunkRecordResult(ChunkRecordOutcome.SESSION_TOO_LARGE)
             return ChunkRecordResult(
                 ChunkRecordOutcome.RECORDED, replaced=_chunk(old) if old is not None else None
             )
@@ -423,6 +612,8 @@ class SqlSessionStore:
             await conn.execute(text("SELECT 1"))
 
     async def chunk_totals(self, session_id: str) -> tuple[int, int]:
+        if self._sqlite is not None:
+            return await self._sqlite.chunk_totals(session_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(_CHUNK_TOTALS, {"session_id": session_id})).first()
         return (int(row[0]), int(row[1])) if row is not None else (0, 0)

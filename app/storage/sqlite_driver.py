@@ -9,6 +9,14 @@ statement's cursor is opened, executed, drained and closed in one call in the
 database thread; the rows then wait in memory, which is fine for this service's small
 result sets (no query here streams rows).
 
+A transaction's `BEGIN` costs no hand-off of its own: it is held back and run in the
+same hop as the transaction's first statement (a transaction that runs none never
+begins). A rollback or commit with no transaction open (a connection going back to the
+pool, which SQLAlchemy rolls back, after nothing ran on it) costs none either: whether
+one is open is known from the last hop. So a transaction of N statements costs N + 1
+hops (a read through SQLAlchemy: its statement, then the pool's rollback), and
+`run_on_connection` one for a whole transaction.
+
 Everything else (the thread, the connection, commit, rollback, close) is aiosqlite's,
 at the version pinned in requirements.txt; `_execute` is how aiosqlite's own methods
 reach its thread.
@@ -31,8 +39,15 @@ Description = tuple[tuple[Any, ...], ...] | None
 
 
 def _run(
-    connection: sqlite3.Connection, sql: str, parameters: Any, *, many: bool
+    connection: sqlite3.Connection,
+    sql: str,
+    parameters: Any,
+    *,
+    many: bool,
+    begin: str | None = None,
 ) -> tuple[Description, int, int | None, list[Row]]:
+    if begin is not None:
+        connection.execute(begin)
     cursor = connection.cursor()
     try:
         if many:
@@ -71,8 +86,15 @@ class OneHopCursor:
         return await self._run(sql, list(parameters), many=True)
 
     async def _run(self, sql: str, parameters: Any, *, many: bool) -> OneHopCursor:
-        run = partial(_run, many=many)
-        self.description, self.rowcount, self.lastrowid, rows = await self._connection.run(
+        connection = self._connection
+        if not many and _is_begin(sql):
+            connection.pending_begin = sql  # runs with the first statement
+            self.description, self.rowcount, self.lastrowid = None, -1, None
+            self._rows.clear()
+            return self
+        run = partial(_run, many=many, begin=connection.pending_begin)
+        connection.pending_begin = None
+        self.description, self.rowcount, self.lastrowid, rows = await connection.run(
             run, sql, parameters
         )
         self._rows = deque(rows)
@@ -94,15 +116,41 @@ class OneHopCursor:
         self._rows.clear()
 
 
+def _is_begin(sql: str) -> bool:
+    return sql[:5].upper() == "BEGIN"
+
+
 class OneHopConnection(aiosqlite.Connection):
+    # A BEGIN not sent yet (it goes with the next statement), and whether the database
+    # thread's connection was inside a transaction after the last hop.
+    pending_begin: str | None = None
+    in_transaction: bool = False
+
     def cursor(self) -> OneHopCursor:  # type: ignore[override]
         return OneHopCursor(self)
 
     async def run(self, function: Any, *args: Any) -> Any:
         """`function(sqlite3_connection, *args)` in the database thread."""
-        return await self._execute(  # type: ignore[no-untyped-call]
-            lambda: function(self._conn, *args)
-        )
+
+        def call() -> Any:
+            connection = self._conn
+            try:
+                return function(connection, *args)
+            finally:
+                # Also after a failure: a statement that failed may have ended it.
+                self.in_transaction = connection.in_transaction
+
+        return await self._execute(call)  # type: ignore[no-untyped-call]
+
+    async def commit(self) -> None:
+        self.pending_begin = None
+        if self.in_transaction:
+            await self.run(lambda connection: connection.commit())
+
+    async def rollback(self) -> None:
+        self.pending_begin = None
+        if self.in_transaction:
+            await self.run(lambda connection: connection.rollback())
 
 
 def connector(url: URL, *, timeout: float) -> Any:
@@ -113,12 +161,58 @@ def connector(url: URL, *, timeout: float) -> Any:
     kwargs = {**kwargs, "timeout": timeout}
 
     async def connect() -> OneHopConnection:
-        connection = OneHopConnection(
-            partial(sqlite3.connect, *args, **kwargs), iter_chunk_size=64
-        )
+        connection = OneHopConnection(partial(sqlite3.connect, *args, **kwargs), iter_chunk_size=64)
         # As SQLAlchemy does for aiosqlite's own connections: never keep the process up.
         connection._thread.daemon = True
         await connection
         return connection
 
     return connect
+
+
+class Prepared:
+    """A Core statement compiled once for SQLite, to run straight on the database
+    thread's `sqlite3` connection (`run_on_connection`): its parameters go through the
+    same type processing SQLAlchemy would apply (UTC datetimes, JSON), and so do its
+    result rows, so what it writes and reads is what the Core path writes and reads."""
+
+    def __init__(self, statement: Any, dialect: Any) -> None:
+        compiled = statement.compile(dialect=dialect)
+        self.sql: str = compiled.string
+        self._compiled = compiled
+        self._names: list[str] = list(compiled.positiontup or ())
+        self._bind = {
+            name: compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in self._names
+        }
+        columns = list(getattr(statement, "exported_columns", ()))
+        self.keys: list[str] = [column.key for column in columns]
+        self._results = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns
+        ]
+
+    def parameters(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        """Runs on the event loop: processing is plain Python either way."""
+        given = self._compiled.construct_params(values)
+        out = []
+        for name in self._names:
+            value = given[name]
+            process = self._bind[name]
+            out.append(process(value) if process is not None and value is not None else value)
+        return tuple(out)
+
+    def row(self, raw: Sequence[Any]) -> dict[str, Any]:
+        return {
+            key: (process(value) if process is not None else value)
+            for key, process, value in zip(self.keys, self._results, raw, strict=True)
+        }
+
+
+async def run_on_connection(engine: Any, function: Any, *args: Any) -> Any:
+    """`function(sqlite3_connection, *args)` in the database thread of a connection
+    checked out of the engine's pool (so it queues with every other transaction): one
+    hand-off for a whole transaction, which `function` begins and ends itself."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: OneHopConnection = raw.driver_connection
+        return await driver.run(function, *args)

@@ -112,13 +112,24 @@ class DiskChunkWriter:
             raise _translate(error) from error
 
     async def finish(self) -> StagedFile:
-        await self._send_block()
         await self._wait_in_flight()
-        await asyncio.to_thread(self._close, self._staging.fsync)
+        # The last block and the close go to the thread together: one hand-off, not two
+        # (a small chunk is all last block). Shielded like every block (discard waits).
+        block, self._pending, self._pending_bytes = self._pending, [], 0
+        loop = asyncio.get_running_loop()
+        self._in_flight = loop.run_in_executor(
+            None, self._write_last_block, block, self._staging.fsync
+        )
+        await self._wait_in_flight()
         self._staging.writer_done(self._name)
         return StagedFile(
             file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
         )
+
+    def _write_last_block(self, block: list[bytes | memoryview], fsync: bool) -> None:
+        if block:
+            self._write_block(block)  # on failure the descriptor stays for `discard`
+        self._close(fsync)
 
     def _close(self, fsync: bool) -> None:
         try:
@@ -321,8 +332,12 @@ class DiskStaging:
         target_dir = self.session_dir(session_id)
 
         def move() -> None:
-            target_dir.mkdir(parents=True, exist_ok=True)
-            os.replace(self.incoming_dir / staged.file_name, target_dir / file_name)
+            source, target = self.incoming_dir / staged.file_name, target_dir / file_name
+            try:
+                os.replace(source, target)  # after its first chunk the directory exists: no mkdir
+            except FileNotFoundError:
+                target_dir.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
 
         await asyncio.to_thread(move)
         return file_name

@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     false,
 )
 from sqlalchemy.types import TypeDecorator
@@ -108,6 +109,11 @@ upload_parts = Table(
     Column("etag", String(255), nullable=False),
     Column("covers", JSON, nullable=False),
     Column("uploaded_at", UtcDateTime, nullable=False),
+    # The whole file's SHA-256 state after this part (app.uploads.sha256_state, hex), and
+    # the layout it was computed on: a digest of the covers of parts 1..n. The state is
+    # used only while the current layout of parts 1..n has that digest (migration 0007).
+    Column("sha256_state", String(80)),
+    Column("layout_sha256", String(64)),
 )
 
 # --- replicas (issue 13): per-session leases with a fencing token ----------------------
@@ -129,8 +135,9 @@ session_leases = Table(
 
 # --- the resumable front doors (issue 14): tus 1.0 and IETF resumable uploads ----------
 # What the protocol needs beyond the session: the tus `Upload-Metadata` header as sent
-# (echoed on HEAD), whether the upload is a tus partial or final concatenation, and the
-# protocol that created it (the webhook's `protocol`).
+# (echoed on HEAD), whether the upload is a tus partial or final concatenation, a final
+# upload's partial uploads (HEAD answers them in `Upload-Concat`), and the protocol that
+# created it (the webhook's `protocol`).
 resumable_uploads = Table(
     "resumable_uploads",
     metadata,
@@ -143,5 +150,7 @@ resumable_uploads = Table(
     Column("protocol", String(16), nullable=False),
     Column("metadata", String(4096)),
     Column("concat", String(16)),  # "partial" | "final" | NULL
+    # A final upload's partial upload ids, in order, space-separated; NULL otherwise.
+    Column("concat_parts", Text),
 )
 

@@ -121,7 +121,13 @@ async def create(
         ),
     )
     await container.resumable_records.create(
-        ResumableRecord(session.id, PROTOCOL, metadata=raw_metadata or None, concat=concat)
+        ResumableRecord(
+            session.id,
+            PROTOCOL,
+            metadata=raw_metadata or None,
+            concat=concat,
+            parts=tuple(partial_ids),
+        )
     )
     answer = {
         "Location": location(request, container, session.id),
@@ -172,6 +178,8 @@ async def head(
         answer["Upload-Metadata"] = record.metadata
     if record.concat == "partial":
         answer["Upload-Concat"] = "partial"
+    elif record.concat == "final":
+        answer["Upload-Concat"] = _final_concat(request, container, record.parts)
     if view.state is SessionState.UPLOADING:
         answer["Upload-Expires"] = http_date(session.expires_at)
     return Response(status_code=200, headers=answer)
@@ -237,6 +245,7 @@ async def _append(
         offset,
         checksum=AppendChecksum(*checksum) if checksum is not None else None,
         flush_eagerly=concat != "partial",
+        checked=session,
     )
     return appended.offset
 
@@ -271,6 +280,13 @@ def _file_name(container: Container, metadata: dict[str, str], *, partial: bool)
         # upload's name is the one checked and used. This one only has to pass the rules.
         return "partial." + sorted(container.settings.allowed_audio_extensions)[0]
     raise ValidationFailed("Upload-Metadata must carry filename.")
+
+
+def _final_concat(request: Request, container: Container, parts: tuple[str, ...]) -> str:
+    """`final;<url> <url>...`: the partial uploads' URLs as the spec's example writes
+    them, path-absolute (the path of each one's `Location`, so a root path counts)."""
+    urls = " ".join(urlsplit(location(request, container, part)).path for part in parts)
+    return f"final;{urls}" if urls else "final"
 
 
 def _id_from_url(url: str) -> str:

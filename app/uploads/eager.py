@@ -36,11 +36,20 @@ Invariants:
   the lease is still held (fenced by its generation). The ETag check above keeps any
   overlap that slips through safe.
 
-The whole-file SHA-256 is computed once per byte while the parts are read for upload:
-the flusher keeps, in memory, the hash state of the contiguous run of parts it has read,
-with a snapshot after each part so a changed part rewinds it instead of discarding it.
-SHA-256 states cannot be combined, so after a restart (or on another replica) `complete`
-reads the flushed prefix back from staging once more to hash it.
+The whole-file SHA-256 is computed once per byte while the parts are read for upload,
+in order, and its state after each part is saved in that part's row
+(`app.uploads.sha256_state`: 40 bytes at a 64-byte boundary) together with the layout it
+was computed on, a digest of the covers of parts 1..n (`layout_sha256`). Whichever
+replica continues the flush, or runs `complete` (after a take-over of a dead holder too:
+the rows are durable and fenced like the parts), resumes the hash from the last row whose
+layout still matches the current plan and reads only the parts after it: the flushed
+prefix is never read back. A re-sent chunk that changes part n changes the layout of n
+and of every later part, so none of their saved states is used again until the flush
+hashes them anew (and re-records them). Each process also keeps the states in memory
+(`PrefixDigest`), with one per part so a changed part rewinds the hash instead of
+discarding it. Where libcrypto cannot be loaded (hashlib fallback), or a part size is not
+a multiple of 64 bytes, no state is saved and a replica that did not hash the prefix
+itself reads it back once more, as before.
 
 What the object is created with: S3 fixes Content-Type and metadata at
 CreateMultipartUpload, long before the file is whole, and changing them afterwards takes
@@ -63,24 +72,22 @@ be no cheaper and would not work past 5 GiB.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 import structlog
 
 from app.errors import ChecksumMismatch
-from app.uploads import buffer_budget, leasing
+from app.uploads import buffer_budget, leasing, sha256_state
 from app.uploads.assembly import abort_quietly, first_service_error, read_part_body
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
 from app.uploads.ports import ChunkStaging, Lease, LeaseStore, MultipartObjectStore, SessionStore
-
-if TYPE_CHECKING:
-    from _hashlib import HASH
+from app.uploads.sha256_state import Sha256
 
 log = structlog.get_logger(__name__)
 
@@ -99,7 +106,7 @@ class CoveredChunk(NamedTuple):
     start: int
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class PlannedPart:
     part_number: int
     start: int
@@ -107,25 +114,33 @@ class PlannedPart:
     covers: tuple[CoveredChunk, ...]
 
 
-@dataclass(frozen=True)
+class HashCheckpoint(NamedTuple):
+    """The file's SHA-256 state after a part, and the layout of parts 1..n it holds for."""
+
+    layout_sha256: str
+    state: bytes
+
+
+@dataclasses.dataclass(frozen=True)
 class FlushedPart:
     part_number: int
     size_bytes: int
     etag: str
     covers: tuple[CoveredChunk, ...]
+    checkpoint: HashCheckpoint | None = None
 
     def holds(self, planned: PlannedPart) -> bool:
         return self.size_bytes == planned.size_bytes and self.covers == planned.covers
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ObjectTarget:
     key: str
     content_type: str
     metadata: dict[str, str]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class EagerResult:
     size_bytes: int
     sha256: str
@@ -206,34 +221,101 @@ def plan_parts(
     return parts
 
 
+def _chain_layout(before: str, part: PlannedPart) -> str:
+    text = f"{before}|{part.part_number},{part.start},{part.size_bytes}:" + ";".join(
+        f"{c.chunk_index},{c.sha256},{c.size_bytes},{c.start}" for c in part.covers
+    )
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 class PrefixDigest:
-    """SHA-256 of parts 1..m as they were read, with the state after each part."""
+    """The layout of parts 1..m as last planned, with the digest of each leading run of
+    them (`layout`) and, where known, the file's SHA-256 state after it."""
 
     def __init__(self, upload_id: str) -> None:
         self.upload_id = upload_id
         self._parts: list[PlannedPart] = []
-        self._states: list[HASH] = [hashlib.sha256()]
+        self._layouts: list[str] = [""]
+        self._states: list[Sha256 | None] = [sha256_state.new()]
+        self._hashed = 0
 
-    @property
-    def count(self) -> int:
-        return len(self._parts)
-
-    def rewind_to(self, plan: Sequence[PlannedPart]) -> int:
-        """Keep only the leading parts still laid out as in `plan`; return how many."""
+    def align(self, plan: Sequence[PlannedPart]) -> int:
+        """Keep only the leading parts still laid out as in `plan`, lay out the rest of
+        it, and return how many parts the hash covers (`hashed`)."""
         keep = 0
         while keep < len(self._parts) and keep < len(plan) and self._parts[keep] == plan[keep]:
             keep += 1
         del self._parts[keep:]
+        del self._layouts[keep + 1 :]
         del self._states[keep + 1 :]
-        return keep
-
-    def state(self) -> HASH:
-        return self._states[-1].copy()
-
-    def extend(self, part: PlannedPart, state: HASH) -> None:
-        if part.part_number == len(self._parts) + 1:
+        self._hashed = min(self._hashed, keep)
+        while self._states[self._hashed] is None:
+            self._hashed -= 1
+        for part in plan[keep:]:
             self._parts.append(part)
-            self._states.append(state)
+            self._layouts.append(_chain_layout(self._layouts[-1], part))
+            self._states.append(None)
+        return self.hashed
+
+    @property
+    def hashed(self) -> int:
+        """The leading parts the hash state covers (the last one with a known state)."""
+        return self._hashed
+
+    def state(self) -> Sha256:
+        """A copy of the state after the first `hashed` parts."""
+        state = self._states[self.hashed]
+        assert state is not None
+        return state.copy()
+
+    def adopt(self, count: int, state: Sha256) -> None:
+        """The state after the first `count` parts (laid out as now), from a part row."""
+        if self._hashed < count < len(self._states):
+            self._states[count] = state
+            self._hashed = count
+
+    def extend(self, part: PlannedPart, state: Sha256) -> None:
+        """The state after `part`, the next one to hash."""
+        number = part.part_number
+        in_order = number == self._hashed + 1 and number < len(self._states)
+        if in_order and self._parts[number - 1] == part:
+            self._states[number] = state
+            self._hashed = number
+
+    def checkpoint(self, count: int) -> HashCheckpoint | None:
+        """What a part row saves: the state after the first `count` parts, if known and
+        exportable (not with the hashlib fallback, nor off a 64-byte boundary)."""
+        state = self._states[count] if count < len(self._states) else None
+        if state is None:
+            return None
+        try:
+            return HashCheckpoint(self._layouts[count], state.export())
+        except sha256_state.NotSerialisable:
+            return None
+
+    def adopt_saved(self, recorded: dict[int, FlushedPart]) -> int:
+        """Resume from the last part row whose state holds for the current layout (saved
+        by any replica); return `hashed`."""
+        for number in sorted(recorded, reverse=True):
+            if number <= self.hashed:
+                break
+            checkpoint = recorded[number].checkpoint
+            if (
+                checkpoint is None
+                or number >= len(self._layouts)
+                or checkpoint.layout_sha256 != self._layouts[number]
+            ):
+                continue
+            try:
+                state = sha256_state.restore(checkpoint.state)
+            except ValueError:
+                continue
+            part = self._parts[number - 1]
+            if state is None or state.size_bytes != part.start + part.size_bytes:
+                continue
+            self.adopt(number, state)
+            break
+        return self.hashed
 
 
 def _read_part(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
@@ -287,22 +369,32 @@ class EagerFlusher:
         # in their chunks (see `poke`).
         self._arrived: dict[str, int] = {}
         self._gapped: set[str] = set()
+        if not sha256_state.available():
+            # Still correct, but `complete` on another replica reads the prefix back.
+            log.warning("upload.sha256_state_unavailable")
 
     # ------------------------------------------------------------ background loop
     def poke(self, session_id: str, *, index: int, size_bytes: int) -> None:
         """A chunk arrived: flush what is ready, in the background.
 
         A pass reads the session's whole chunk list, so with small chunks it runs only
-        when the bytes received here cross a part boundary, for chunk 0, or while the last
-        pass saw a gap in the chunks (the one filling it may complete parts): not for
-        every chunk. A pass skipped only delays work: the next one, or `complete`, plans
-        from the database and sends whatever is still missing."""
+        when the bytes received here cross a part boundary, when this chunk likely
+        completes a part of the file (its place in the file, `index * size_bytes`, is
+        exact for clients that send equal chunks: with a round-robin balancer the replica
+        that got the chunk flushes, instead of one that crosses a boundary of its own
+        count R chunks later), for chunk 0, or while the last pass saw a gap in the
+        chunks (the one filling it may complete parts): not for every chunk. A pass
+        skipped only delays work: the next one, or `complete`, plans from the database
+        and sends whatever is still missing."""
         if session_id in self._stopped:
             return
+        part = self._part_size_bytes
         before = self._arrived.get(session_id, 0)
         self._arrived[session_id] = before + size_bytes
-        crossed = (before + size_bytes) // self._part_size_bytes > before // self._part_size_bytes
-        if not crossed and index != 0 and session_id not in self._gapped:
+        crossed = (before + size_bytes) // part > before // part
+        offset = index * size_bytes
+        completes = (offset + size_bytes) // part > offset // part
+        if not (crossed or completes) and index != 0 and session_id not in self._gapped:
             return
         if session_id in self._tasks:
             self._dirty.add(session_id)
@@ -413,7 +505,10 @@ class EagerFlusher:
                     p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)
                 }
                 digest = self._digest_for(session_id, upload_id)
-                hashed = digest.rewind_to(plan)
+                digest.align(plan)
+                # The states saved by whoever flushed before (any replica, or this one
+                # before a restart): no need to read their parts back to hash them.
+                hashed = digest.adopt_saved(recorded)
                 work = [
                     part
                     for part in plan
@@ -437,7 +532,7 @@ class EagerFlusher:
                         await self._buffers.acquire()
                         try:
                             assert stream is not None  # opened since there is work
-                            data = await asyncio.to_thread(
+                            data, checkpoint = await asyncio.to_thread(
                                 self._read_and_hash, stream, part, digest
                             )
                         except BaseException:
@@ -447,11 +542,21 @@ class EagerFlusher:
                         if stored is not None and stored.holds(part):
                             self._buffers.release()  # read only to extend the hash
                             del data
+                            if checkpoint is not None and stored.checkpoint != checkpoint:
+                                # Its saved state was computed on an older layout of the
+                                # parts before it: save the current one for the next reader.
+                                await self.parts.record_part(
+                                    session_id,
+                                    upload_id,
+                                    dataclasses.replace(stored, checkpoint=checkpoint),
+                                    now=self._clock(),
+                                    lease=fence,
+                                )
                             continue
                         sent += 1
                         launched[part.part_number] = part
                         task = group.create_task(
-                            self._send(session_id, upload_id, key, part, data, fence)
+                            self._send(session_id, upload_id, key, part, data, checkpoint, fence)
                         )
                         # Only the task may hold the part: this frame lives on while the
                         # flusher waits for more chunks (8 MiB per session otherwise).
@@ -486,6 +591,7 @@ class EagerFlusher:
         key: str,
         part: PlannedPart,
         data: io.BytesIO,
+        checkpoint: HashCheckpoint | None,
         fence: Lease | None = None,
     ) -> None:
         try:
@@ -496,20 +602,22 @@ class EagerFlusher:
         await self.parts.record_part(
             session_id,
             upload_id,
-            FlushedPart(part.part_number, part.size_bytes, etag, part.covers),
+            FlushedPart(part.part_number, part.size_bytes, etag, part.covers, checkpoint),
             now=self._clock(),
             lease=fence,
         )
 
     @staticmethod
-    def _read_and_hash(stream: BinaryIO, part: PlannedPart, digest: PrefixDigest) -> io.BytesIO:
+    def _read_and_hash(
+        stream: BinaryIO, part: PlannedPart, digest: PrefixDigest
+    ) -> tuple[io.BytesIO, HashCheckpoint | None]:
         data = _read_part(stream, part)
-        if part.part_number == digest.count + 1:
+        if part.part_number == digest.hashed + 1:
             state = digest.state()
             with data.getbuffer() as view:
                 state.update(view)
             digest.extend(part, state)
-        return data
+        return data, digest.checkpoint(part.part_number)
 
     def _target_from_head(
         self, session: UploadSession, chunks: Sequence[StoredChunk]
@@ -644,9 +752,12 @@ class EagerFlusher:
         beyond = sorted(n for n in recorded if n > len(plan))
         if beyond:
             raise StalePartsError(f"parts {beyond} lie past the end of the file")
-        digest = self._digests.get(session_id)
-        hashed = digest.rewind_to(plan) if digest and digest.upload_id == upload_id else 0
-        state = digest.state() if digest and hashed else hashlib.sha256()
+        # The hash resumes after the last part hashed here or saved by any replica (see
+        # the module doc): only the parts after it are read, the tail in the common case.
+        digest = self._digest_for(session_id, upload_id)
+        digest.align(plan)
+        hashed = digest.adopt_saved(recorded)
+        state = digest.state()
         etags = {
             n: part.etag
             for n, part in recorded.items()

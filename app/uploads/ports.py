@@ -32,6 +32,7 @@ class ChunkRecordOutcome(Enum):
     NOT_UPLOADING = "not_uploading"
     SESSION_TOO_LARGE = "session_too_large"
     MISSING = "missing"
+    LEASE_LOST = "lease_lost"  # the writer's lease (`release`) is no longer its own
 
 
 @dataclass(frozen=True)
@@ -57,9 +58,11 @@ class SessionStore(Protocol):
         now: datetime,
         expires_at: datetime,
         max_session_bytes: int,
+        release: Lease | None = None,
     ) -> ChunkRecordResult:
         """Add or replace a chunk record if the session is still uploading and stays
-        within `max_session_bytes`; returns the record it replaced."""
+        within `max_session_bytes`; returns the record it replaced. With `release`, only
+        while that lease is still held, and it is released in the same transaction."""
         ...
 
     async def create_within_limit(
@@ -294,12 +297,14 @@ class UploadLocks(Protocol):
 class ResumableRecord:
     """What a resumable front door keeps beside the session: which protocol created it
     ("tus", "ietf"), the tus `Upload-Metadata` header as sent (echoed on HEAD), and for
-    tus concatenation whether the upload is a "partial" or the "final" one."""
+    tus concatenation whether the upload is a "partial" or the "final" one, and a final
+    upload's partial upload ids in order."""
 
     session_id: str
     protocol: str
     metadata: str | None = None
     concat: str | None = None
+    parts: tuple[str, ...] = ()
 
 
 class ResumableRecords(Protocol):

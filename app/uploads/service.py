@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import structlog
 
@@ -50,6 +50,7 @@ from app.errors import (
     UnsupportedAudio,
     UploadChecksumMismatch,
     UploadLengthExceeded,
+    UploadLocked,
     ValidationFailed,
 )
 from app.uploads import audio, leasing
@@ -80,6 +81,7 @@ from app.uploads.ports import (
     ChunkStaging,
     ChunkWriter,
     CompletionNotifier,
+    Lease,
     LeaseStore,
     MultipartObjectStore,
     OutboxEvent,
@@ -117,6 +119,18 @@ HeadSniffer = Callable[[BinaryIO, str], str | None]
 says which Content-Type the AudioInspector will give it, None if the head is too short to
 tell, or raises audio.UnsupportedAudio when the head alone shows it will refuse the file.
 Blocking: it runs in a worker thread."""
+
+
+class WriterLease(Protocol):
+    """The lease of the one request appending to an upload (`append`)."""
+
+    def lease_to_release(self) -> Lease | None:
+        """The lease, if still held, for the last record to release."""
+        ...
+
+    def released_with_record(self, lease: Lease) -> None:
+        """That record committed: the lease is released."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -265,11 +279,14 @@ class UploadService:
         *,
         checked: UploadSession | None = None,
         flush_eagerly: bool = True,
+        release: Lease | None = None,
     ) -> StoredChunk:
         """Make a fully written temp file chunk `index` of the session, replacing any
         earlier one. On any refusal the temp file is removed. `checked`: the session as
         `check_can_receive` returned it before the bytes were read, which saves reading
-        it again (its state is re-checked atomically when the chunk is recorded)."""
+        it again (its state is re-checked atomically when the chunk is recorded).
+        `release`: the writer's lease, released with the record, which commits only while
+        the lease is still held (UploadLocked otherwise)."""
         try:
             if checked is not None and checked.id == session_id:
                 session = checked
@@ -296,12 +313,15 @@ class UploadService:
                 now=now,
                 expires_at=self._expiry_from(now),
                 max_session_bytes=self.policy.max_file_size,
+                release=release,
             )
         except BaseException:
             await self.staging.remove_chunk(session_id, file_name)
             raise
         if recorded.outcome is not ChunkRecordOutcome.RECORDED:
             await self.staging.remove_chunk(session_id, file_name)
+            if recorded.outcome is ChunkRecordOutcome.LEASE_LOST:
+                raise UploadLocked("This request lost the upload to another request.")
             if recorded.outcome is ChunkRecordOutcome.SESSION_TOO_LARGE:
                 raise FileTooLarge(details={"max_file_size": self.policy.max_file_size})
             if recorded.outcome is ChunkRecordOutcome.MISSING:
@@ -333,6 +353,8 @@ class UploadService:
         fence: Callable[[], Awaitable[None]] | None = None,
         flush_eagerly: bool = True,
         new_writer: Callable[[], ChunkWriter] | None = None,
+        checked: UploadSession | None = None,
+        writer_lease: WriterLease | None = None,
     ) -> int:
         """Append a byte stream at `offset` (which must be the bytes held now); returns
         the new offset.
@@ -345,8 +367,16 @@ class UploadService:
         dropped and the offset is unchanged. `fence` runs before each record and raises if
         this writer may no longer write (its upload lease was lost). The caller ensures a
         single writer per upload. `new_writer` makes each piece's writer (the front door
-        wraps `new_append_writer` to count the bytes against the caller's quota)."""
-        session = await self.check_can_receive(principal, session_id)
+        wraps `new_append_writer` to count the bytes against the caller's quota).
+        `checked`: the session as `check_can_receive` returned it for this request,
+        before the writer lease was taken: used only once its length is fixed (nothing
+        else of it can change under the lease that the record does not re-check).
+        `writer_lease`: the caller's writer lease, released in the transaction of the
+        request's last record (one transaction less per request)."""
+        if checked is not None and checked.id == session_id and checked.total_size is not None:
+            session = checked
+        else:
+            session = await self.check_can_receive(principal, session_id)
         index, held = await self.store.chunk_totals(session_id)
         if offset != held:
             raise OffsetMismatch(details={"offset": held})
@@ -359,7 +389,7 @@ class UploadService:
         writer: ChunkWriter | None = None
         appended = 0
 
-        async def record(staged: StagedFile) -> None:
+        async def record(staged: StagedFile, *, last: bool = False) -> None:
             nonlocal index
             if fence is not None:
                 try:
@@ -367,9 +397,18 @@ class UploadService:
                 except BaseException:
                     await self.staging.remove_temp(staged)
                     raise
+            lease = writer_lease.lease_to_release() if last and writer_lease else None
             await self.accept_chunk(
-                principal, session_id, index, staged, checked=session, flush_eagerly=flush_eagerly
+                principal,
+                session_id,
+                index,
+                staged,
+                checked=session,
+                flush_eagerly=flush_eagerly,
+                release=lease,
             )
+            if lease is not None and writer_lease is not None:
+                writer_lease.released_with_record(lease)
             index += 1
 
         try:
@@ -399,14 +438,14 @@ class UploadService:
                 if staged.size_bytes and digest is not None:
                     held_back.append(staged)
                 elif staged.size_bytes:
-                    await record(staged)
+                    await record(staged, last=True)
                 else:
                     await self.staging.remove_temp(staged)
             if digest is not None and checksum is not None:
                 if digest.digest() != checksum.expected:
                     raise UploadChecksumMismatch(details={"offset": held})
                 while held_back:
-                    await record(held_back.pop(0))
+                    await record(held_back.pop(0), last=len(held_back) == 1)
         except BaseException:
             if writer is not None:
                 await writer.discard()

@@ -1,17 +1,23 @@
 """The SQLite engine runs each statement in one hand-off to its database thread, and
 still behaves as a DBAPI cursor to SQLAlchemy: rows, rowcounts, RETURNING, executemany,
-partial fetches and errors."""
+partial fetches and errors. A transaction's BEGIN costs no hand-off of its own, and
+statements prepared for the database thread (the chunk path) read and write what the
+Core path does."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import JSON, Column, Integer, MetaData, Table, bindparam, insert, select, text
 from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.storage import sqlite_driver
 from app.storage.database import create_engine
+from app.storage.tables import UtcDateTime
 
 
 async def test_statements_round_trip_through_one_hop_cursors(tmp_path: Path) -> None:
@@ -92,3 +98,116 @@ async def test_the_database_url_options_still_reach_sqlite(tmp_path: Path) -> No
                 await conn.execute(text("INSERT INTO t (id) VALUES (1)"))
     finally:
         await read_only.dispose()
+
+
+class CountingQueue:
+    """Counts what goes to aiosqlite's thread (one item per hand-off)."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.puts = 0
+
+    def put_nowait(self, item: object) -> None:
+        self.puts += 1
+        self.queue.put_nowait(item)
+
+
+async def test_a_transaction_costs_one_hand_off_per_statement_plus_its_commit(
+    tmp_path: Path,
+) -> None:
+    """BEGIN goes with the transaction's first statement, and a connection that goes
+    back to the pool with no transaction open (nothing ran on it) is not rolled back
+    through the thread; a failed transaction still rolls back (nothing of it stays)."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY)"))
+        async with engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+        assert isinstance(driver, sqlite_driver.OneHopConnection)
+        counting = CountingQueue(driver._tx)
+        driver._tx = counting  # type: ignore[assignment]
+        try:
+            async with engine.begin() as conn:  # BEGIN IMMEDIATE, two inserts, COMMIT
+                await conn.execute(text("INSERT INTO t (id) VALUES (1)"))
+                await conn.execute(text("INSERT INTO t (id) VALUES (2)"))
+            assert counting.puts == 3
+            async with engine.connect() as conn:  # BEGIN IMMEDIATE with the read, ROLLBACK
+                assert await conn.scalar(text("SELECT count(*) FROM t")) == 2
+            assert counting.puts == 5
+            async with engine.begin():  # a transaction that runs nothing never begins
+                pass
+            async with engine.connect() as conn:  # nor goes back through a rollback
+                await conn.get_raw_connection()
+            assert counting.puts == 5
+            with pytest.raises(IntegrityError):
+                await insert_twice(engine)
+        finally:
+            driver._tx = counting.queue
+        async with engine.connect() as conn:
+            assert await conn.scalar(text("SELECT count(*) FROM t")) == 2
+            assert driver.in_transaction  # the read's IMMEDIATE transaction...
+        assert not driver.in_transaction  # ...rolled back when the connection went back
+    finally:
+        await engine.dispose()
+
+
+async def insert_twice(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (id) VALUES (3)"))
+        await conn.execute(text("INSERT INTO t (id) VALUES (1)"))
+
+
+async def test_prepared_statements_write_and_read_what_the_core_path_does(
+    tmp_path: Path,
+) -> None:
+    """Rows written through `Prepared` on the database thread read back through the Core
+    path as the same values (UTC datetimes, JSON), and the other way round."""
+    metadata = MetaData()
+    table = Table(
+        "t",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("at", UtcDateTime, nullable=False),
+        Column("doc", JSON),
+    )
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        at = datetime(2026, 12, 7, 13, 0, 0, 123456, tzinfo=UTC)
+        insert_row = sqlite_driver.Prepared(
+            insert(table).values(id=bindparam("id"), at=bindparam("at"), doc=bindparam("doc")),
+            engine.dialect,
+        )
+        by_id = sqlite_driver.Prepared(
+            select(table).where(table.c.id == bindparam("id")), engine.dialect
+        )
+
+        def write_then_read(connection: Any, row: tuple[Any, ...], key: tuple[Any, ...]) -> Any:
+            connection.execute("BEGIN IMMEDIATE")
+            connection.execute(insert_row.sql, row)
+            connection.commit()
+            return connection.execute(by_id.sql, key).fetchone()
+
+        raw = await sqlite_driver.run_on_connection(
+            engine,
+            write_then_read,
+            insert_row.parameters({"id": 1, "at": at, "doc": {"a": [1, 2]}}),
+            by_id.parameters({"id": 1}),
+        )
+        assert by_id.row(raw) == {"id": 1, "at": at, "doc": {"a": [1, 2]}}
+        async with engine.begin() as conn:
+            assert (await conn.execute(select(table.c.at, table.c.doc))).one() == (
+                at,
+                {"a": [1, 2]},
+            )
+            await conn.execute(insert(table).values(id=2, at=at + timedelta(hours=1), doc=None))
+        raw = await sqlite_driver.run_on_connection(
+            engine,
+            lambda connection, key: connection.execute(by_id.sql, key).fetchone(),
+            by_id.parameters({"id": 2}),
+        )
+        assert by_id.row(raw) == {"id": 2, "at": at + timedelta(hours=1), "doc": None}
+    finally:
+        await engine.dispose()

@@ -37,8 +37,14 @@ async def _create(service: TusService, version: str, name: str, sub: str = "user
     assert created is not None and created.status == 201, created
     assert created.headers["upload-offset"] == "0"
     assert created.headers["upload-complete"] == "?0"
-    assert "max-size=" in created.headers["upload-limit"]
+    assert _limits(created)["max-size"] == service.settings.max_file_size
     return created.headers["location"]
+
+
+def _limits(answer: RawResponse) -> dict[str, int]:
+    """`Upload-Limit`, a structured-field dictionary of integers."""
+    pairs = (item.strip().split("=") for item in answer.headers["upload-limit"].split(","))
+    return {key: int(value) for key, value in pairs}
 
 
 async def _head(service: TusService, version: str, url: str, sub: str = "user-1") -> RawResponse:
@@ -90,6 +96,7 @@ async def test_upload_in_two_appends_reaches_s3_intact(
     done = await _head(tus_service, version, url)
     assert done.headers["upload-complete"] == "?1"
     assert done.headers["upload-length"] == done.headers["upload-offset"] == str(len(data))
+    assert "expires" not in _limits(done)  # a completed upload no longer expires
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -206,3 +213,87 @@ async def test_interop_8_wants_partial_upload_appends_and_cancellation_works(
         "POST", tus_service.endpoint, {**_headers(tus_service, "99"), "Upload-Complete": "?0"}
     )
     assert unknown is not None and unknown.status == 412
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_upload_limit_states_the_size_cap_and_the_remaining_lifetime(
+    tus_service: TusService, version: str
+) -> None:
+    settings = tus_service.settings
+    ttl = settings.session_ttl_seconds
+    created = await request(
+        "POST",
+        f"{tus_service.endpoint}?main_service_file_id=33&filename=memo.wav",
+        {**_headers(tus_service, version), "Upload-Complete": "?0"},
+    )
+    assert created is not None and created.status == 201
+    # Only what holds: no append size caps (a PATCH may carry the whole file), min-size 0.
+    limits = _limits(created)
+    assert set(limits) == {"max-size", "expires"}
+    assert limits["max-size"] == settings.max_file_size
+    assert ttl - 30 <= limits["expires"] <= ttl
+
+    head = await _head(tus_service, version, created.headers["location"])
+    assert head.status == 204
+    assert set(_limits(head)) == {"max-size", "expires"}
+    assert ttl - 30 <= _limits(head)["expires"] <= limits["expires"]
+
+    appended = await _patch(
+        tus_service, version, created.headers["location"], 0, b"RIFF", complete=False
+    )
+    assert appended.status == 204
+    assert ttl - 30 <= _limits(appended)["expires"] <= ttl
+
+    # OPTIONS is about no upload in particular: the size cap only.
+    options = await request("OPTIONS", tus_service.endpoint, _headers(tus_service, version))
+    assert options is not None and options.status == 204
+    assert _limits(options) == {"max-size": settings.max_file_size}
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+async def test_incomplete_appends_a_dropped_one_head_and_the_final_append(
+    tus_service: TusService, recording: Path, version: str
+) -> None:
+    """The URLSession pattern by hand: appends with `Upload-Complete: ?0`, one of them cut
+    by a lost connection, HEAD for the offset, and the rest in a final `?1` append."""
+    data = recording.read_bytes()
+    url = await _create(tus_service, version, "interview.wav")
+    third = len(data) // 3
+    first = await _patch(tus_service, version, url, 0, data[:third], complete=False)
+    assert first.status == 204 and first.headers["upload-offset"] == str(third)
+    assert first.headers["upload-complete"] == "?0"
+
+    # The second append declares two thirds but the connection drops after half of it.
+    sent = third // 2
+    cut = await request(
+        "PATCH",
+        url,
+        {
+            **_headers(tus_service, version),
+            **_append_type(version),
+            "Upload-Offset": str(third),
+            "Upload-Complete": "?0",
+        },
+        data[third : 2 * third],
+        send_only=sent,
+    )
+    assert cut is None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    offset = third
+    while loop.time() < deadline:
+        head = await _head(tus_service, version, url)
+        offset = int(head.headers["upload-offset"])
+        if offset == third + sent:
+            break
+        await asyncio.sleep(0.1)
+    assert offset == third + sent  # the bytes that arrived before the drop are kept
+    assert head.headers["upload-complete"] == "?0"
+    assert "upload-length" not in head.headers  # never declared: the final append says it
+
+    rest = await _patch(tus_service, version, url, offset, data[offset:], complete=True)
+    assert rest.status == 200, rest.body
+    assert rest.headers["upload-complete"] == "?1"
+    assert rest.json()["data"]["size"] == len(data)
+    stored = tus_service.stored(rest.json()["data"]["key"])
+    assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()

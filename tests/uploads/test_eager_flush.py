@@ -18,6 +18,7 @@ from app.dev.keys import KeyPair
 from app.dev.s3server import LocalS3Server
 from app.main import create_app
 from app.settings import Settings
+from app.uploads.eager import EagerResult
 from app.uploads.models import StoredChunk
 from app.uploads.service import UploadService
 from tests.audio_factory import make_audio, missing_encoder
@@ -300,6 +301,76 @@ async def test_resent_chunks_after_their_parts_were_flushed_give_the_new_bytes(
     assert data["sha256"] == sha256(long_wav)
     assert stored_bytes(s3, bucket, data["key"]) == long_wav
     assert open_uploads(s3, bucket) == []
+
+
+def spy_on_finish(uploads: UploadService) -> list[EagerResult | None]:
+    """What each `complete` did on the eager path (parts sent, prefix bytes re-hashed)."""
+    assert uploads.eager is not None
+    results: list[EagerResult | None] = []
+    finish = uploads.eager.finish
+
+    async def spy(*args: Any, **kwargs: Any) -> EagerResult | None:
+        result = await finish(*args, **kwargs)
+        results.append(result)
+        return result
+
+    uploads.eager.finish = spy  # type: ignore[method-assign]
+    return results
+
+
+@pytest.mark.parametrize("resend_chunk_2", [False, True])
+async def test_complete_after_a_restart_resumes_the_hash_from_the_part_rows(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    s3: Any,
+    long_wav: bytes,
+    resend_chunk_2: bool,
+) -> None:
+    settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
+    bucket = settings.s3_bucket_name
+    chunks = split(long_wav, CHUNK_SIZE)
+    full_parts = len(long_wav) // PART_SIZE
+    first = list(chunks)
+    if resend_chunk_2:
+        first[2] = bytes(reversed(chunks[2]))  # bytes 6-9 MiB: inside part 2
+    async with service(settings) as (http, uploads):
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        await api.send_all(session_id, first)
+
+        async def recorded() -> bool:
+            # The part rows, not just the parts in S3: closing cancels a pass.
+            assert uploads.eager is not None
+            row = await uploads.store.get(session_id)
+            upload_id = row.multipart_upload_id if row else None
+            if upload_id is None:
+                return False
+            rows = await uploads.eager.parts.list_parts(session_id, upload_id)
+            return len([r for r in rows if r.checkpoint is not None]) == full_parts
+
+        await until(recorded)
+    # A fresh process: nothing hashed in memory, only the part rows.
+    async with service(settings) as (http, uploads):
+        api = UploadApi(http, keypair)
+        results = spy_on_finish(uploads)
+        if resend_chunk_2:
+            # Starts no flush here (no part boundary): complete sees the stale parts.
+            assert (await api.chunk(session_id, 2, chunks[2])).status_code == 200
+        response = await api.complete(session_id, len(chunks))
+        assert response.status_code == 200, response.text
+        data = response.json()["data"]
+    assert data["sha256"] == sha256(long_wav)
+    assert stored_bytes(s3, bucket, data["key"]) == long_wav
+    [result] = results
+    assert result is not None
+    if resend_chunk_2:
+        # Part 2 is sent again; parts 3 and on still hold their bytes, but the states
+        # saved with them were computed on the old part 2: they are hashed again.
+        assert result.parts_sent_at_complete == 2
+        assert result.prefix_rehashed_bytes == (full_parts - 2) * PART_SIZE
+    else:
+        assert result.parts_sent_at_complete == 1  # the tail
+        assert result.prefix_rehashed_bytes == 0
 
 
 async def test_abort_aborts_the_multipart_upload(
