@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import BinaryIO, Generic, NamedTuple, Protocol, TypeVar
 
 from app.errors import ChunkTooLarge, StagingFull
 from app.uploads.models import StagedFile, StoredChunk
@@ -377,7 +377,7 @@ class DiskStaging:
     def open_assembled(self, session_id: str, chunks: Sequence[StoredChunk]) -> BinaryIO:
         directory = self.session_dir(session_id)
         parts = [(directory / chunk.file_name, chunk.size_bytes) for chunk in chunks]
-        return io.BufferedReader(ConcatenatedReader(parts), buffer_size=256 * 1024)
+        return AssembledReader(ConcatenatedReader(parts), buffer_size=256 * 1024)
 
     async def check(self) -> None:
         def probe() -> None:
@@ -471,6 +471,219 @@ class ConcatenatedReader(PartsReader[Path]):
     def close(self) -> None:
         self._close_fd()
         super().close()
+
+    def staged_range(self, start: int, size_bytes: int) -> StagedRange:
+        """Bytes [start, start + size_bytes) (fewer only at the end), to be sent from the
+        files as they are (blocking: it checks each file's size)."""
+        end = min(self._length, start + max(0, size_bytes))
+        segments: list[_Segment] = []
+        position = start
+        while position < end:
+            index = self._part_at(position)
+            path, size = self._parts[index]
+            within = position - self._starts[index]
+            length = min(size - within, end - position)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                found = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if found.st_size < within + length:
+                raise OSError(errno.EIO, f"staged chunk {index} is shorter than recorded")
+            segments.append(_Segment(path, within, length, _identity(found)))
+            position += length
+        return StagedRange(segments)
+
+
+class AssembledReader(io.BufferedReader):
+    """`DiskStaging.open_assembled`'s stream: buffered reads, and parts cut from it to be
+    sent without reading them into memory (app.uploads.ports.RangedStream)."""
+
+    def __init__(self, raw: ConcatenatedReader, buffer_size: int) -> None:
+        super().__init__(raw, buffer_size=buffer_size)
+        self._concatenated = raw
+
+    def staged_range(self, start: int, size_bytes: int) -> StagedRange:
+        return self._concatenated.staged_range(start, size_bytes)
+
+
+# Hashing a range reads it in blocks of this size into one buffer per call.
+HASH_BLOCK_BYTES = 256 * 1024
+
+
+class _Segment(NamedTuple):
+    path: Path
+    offset: int  # within the file
+    size_bytes: int
+    identity: tuple[int, int, int, int]  # device, inode, size, mtime: the file cut from
+
+
+def _identity(found: os.stat_result) -> tuple[int, int, int, int]:
+    return (found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns)
+
+
+class StagedRange:
+    """Bytes of staged chunk files sent as one multipart part straight from the files
+    (app.uploads.ports.PartBody): a part in flight holds one 256 KiB read, not 8 MiB.
+
+    Safe to retry by construction: the range itself is never read. `hash_into` and each
+    send attempt (`open_reader`) read through descriptors and positions of their own, so
+    an attempt cut off while a worker thread still reads for it cannot move what the
+    retry reads. All of them read the same bytes: a staged chunk file is never written
+    again once in place (a re-sent chunk gets a file of its own), and every opening checks
+    that the file is still the one the range was cut from (device, inode, size, mtime),
+    failing otherwise (a failed part is sent again later, never wrong)."""
+
+    def __init__(self, segments: Sequence[_Segment]) -> None:
+        self._segments = tuple(segments)
+        self.size_bytes = sum(segment.size_bytes for segment in self._segments)
+        self._readers: list[RangeReader] = []
+        self._closed = False
+
+    def read(self, size: int = -1) -> bytes:
+        """Present so that botocore takes the range for a file-like body; never works."""
+        raise io.UnsupportedOperation("a staged range is read through open_reader()")
+
+    def hash_into(self, hasher: _Hasher) -> None:
+        buffer = bytearray(min(HASH_BLOCK_BYTES, max(1, self.size_bytes)))
+        view = memoryview(buffer)
+        for segment in self._segments:
+            fd = _open_segment(segment)
+            try:
+                done = 0
+                while done < segment.size_bytes:
+                    wanted = min(len(buffer), segment.size_bytes - done)
+                    got = os.preadv(fd, [view[:wanted]], segment.offset + done)
+                    if got <= 0:
+                        raise OSError(errno.EIO, f"{segment.path.name} ended early")
+                    hasher.update(view[:got])
+                    done += got
+            finally:
+                os.close(fd)
+
+    def open_reader(self) -> RangeReader:
+        if self._closed:
+            raise ValueError("the staged range is closed")
+        reader = RangeReader(self._segments)
+        self._readers.append(reader)
+        return reader
+
+    def close(self) -> None:
+        self._closed = True
+        readers, self._readers = self._readers, []
+        for reader in readers:
+            reader.close()
+
+
+class _Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+
+def _open_segment(segment: _Segment) -> int:
+    fd = os.open(segment.path, os.O_RDONLY)
+    try:
+        if _identity(os.fstat(fd)) != segment.identity:
+            raise OSError(errno.ESTALE, f"{segment.path.name} changed since it was hashed")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+class RangeReader(io.RawIOBase):
+    """One send attempt's reader over a StagedRange: seekable (botocore measures the
+    body and rewinds it after SigV4's hash), positional reads (os.pread) from one file
+    descriptor at a time. A lock makes `close` wait for a read in flight, so a worker
+    thread still reading for an abandoned attempt never reads a reused descriptor."""
+
+    def __init__(self, segments: Sequence[_Segment]) -> None:
+        self._segments = segments
+        self._starts: list[int] = []
+        offset = 0
+        for segment in segments:
+            self._starts.append(offset)
+            offset += segment.size_bytes
+        self._length = offset
+        self._position = 0
+        self._fd = -1
+        self._fd_index = -1
+        self._lock = threading.Lock()
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        with self._lock:
+            base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+            self._position = max(0, base + offset)
+            return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        # Straight into the bytes returned (RawIOBase.read would copy once more): short
+        # reads at a file boundary, as a raw read may be.
+        with self._lock:
+            located = self._locate(size)
+            if located is None:
+                return b""
+            fd, within, wanted = located
+            data = os.pread(fd, wanted, within)
+            return self._advance(data, wanted)
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        with self._lock:
+            located = self._locate(len(buffer))
+            if located is None:
+                return 0
+            fd, within, wanted = located
+            got = os.preadv(fd, [memoryview(buffer).cast("B")[:wanted]], within)
+            self._advance(b"", wanted, got)
+            return got
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def _locate(self, size: int | None) -> tuple[int, int, int] | None:
+        if self.closed:
+            raise ValueError("read of a closed range reader")
+        if self._position >= self._length or size == 0:
+            return None
+        index = 0
+        while self._starts[index] + self._segments[index].size_bytes <= self._position:
+            index += 1
+        segment = self._segments[index]
+        within = self._position - self._starts[index]
+        wanted = segment.size_bytes - within
+        if size is not None and size > 0:
+            wanted = min(wanted, size)
+        if self._fd_index != index:
+            self._close_fd()
+            self._fd = _open_segment(segment)
+            self._fd_index = index
+        return self._fd, segment.offset + within, wanted
+
+    def _advance(self, data: bytes, wanted: int, got: int | None = None) -> bytes:
+        got = len(data) if got is None else got
+        if got != wanted:
+            raise OSError(errno.EIO, "a staged chunk ended early")
+        self._position += got
+        return data
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._fd_index = -1
+
+    def close(self) -> None:
+        with self._lock:
+            self._close_fd()
+            super().close()
 
 
 def _tree_bytes(directory: Path) -> int:

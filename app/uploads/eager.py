@@ -74,7 +74,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import io
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -84,9 +83,16 @@ import structlog
 
 from app.errors import ChecksumMismatch
 from app.uploads import buffer_budget, leasing, sha256_state
-from app.uploads.assembly import abort_quietly, first_service_error, read_part_body
+from app.uploads.assembly import PartData, abort_quietly, cut_part, first_service_error
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
-from app.uploads.ports import ChunkStaging, Lease, LeaseStore, MultipartObjectStore, SessionStore
+from app.uploads.ports import (
+    ChunkStaging,
+    Hasher,
+    Lease,
+    LeaseStore,
+    MultipartObjectStore,
+    SessionStore,
+)
 from app.uploads.sha256_state import Sha256
 
 log = structlog.get_logger(__name__)
@@ -318,12 +324,12 @@ class PrefixDigest:
         return self.hashed
 
 
-def _read_part(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
-    stream.seek(part.start)
-    body, size = read_part_body(stream, part.size_bytes)
+def _cut_part(stream: BinaryIO, part: PlannedPart, hasher: Hasher | None) -> PartData:
+    data, size = cut_part(stream, part.start, part.size_bytes, hasher)
     if size != part.size_bytes:
+        data.close()
         raise OSError(f"staged data ends before part {part.part_number}")
-    return body
+    return data
 
 
 class EagerFlusher:
@@ -541,6 +547,7 @@ class EagerFlusher:
                         stored = recorded.get(part.part_number)
                         if stored is not None and stored.holds(part):
                             self._buffers.release()  # read only to extend the hash
+                            data.close()
                             del data
                             if checkpoint is not None and stored.checkpoint != checkpoint:
                                 # Its saved state was computed on an older layout of the
@@ -590,13 +597,14 @@ class EagerFlusher:
         upload_id: str,
         key: str,
         part: PlannedPart,
-        data: io.BytesIO,
+        data: PartData,
         checkpoint: HashCheckpoint | None,
         fence: Lease | None = None,
     ) -> None:
         try:
             etag = await self.objects.upload_part(key, upload_id, part.part_number, data)
         finally:
+            data.close()
             del data
             self._buffers.release()
         await self.parts.record_part(
@@ -610,13 +618,12 @@ class EagerFlusher:
     @staticmethod
     def _read_and_hash(
         stream: BinaryIO, part: PlannedPart, digest: PrefixDigest
-    ) -> tuple[io.BytesIO, HashCheckpoint | None]:
-        data = _read_part(stream, part)
-        if part.part_number == digest.hashed + 1:
-            state = digest.state()
-            with data.getbuffer() as view:
-                state.update(view)
-            digest.extend(part, state)
+    ) -> tuple[PartData, HashCheckpoint | None]:
+        if part.part_number != digest.hashed + 1:
+            return _cut_part(stream, part, None), digest.checkpoint(part.part_number)
+        state = digest.state()
+        data = _cut_part(stream, part, state)
+        digest.extend(part, state)
         return data, digest.checkpoint(part.part_number)
 
     def _target_from_head(
@@ -770,19 +777,16 @@ class EagerFlusher:
         sent = 0
         slots = buffer_budget.slots(self._concurrency, self._part_size_bytes)
 
-        def read(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
-            data = _read_part(stream, part)
-            if part.part_number > hashed:
-                with data.getbuffer() as view:
-                    state.update(view)
-            return data
+        def read(stream: BinaryIO, part: PlannedPart) -> PartData:
+            return _cut_part(stream, part, state if part.part_number > hashed else None)
 
-        async def send(part: PlannedPart, data: io.BytesIO) -> None:
+        async def send(part: PlannedPart, data: PartData) -> None:
             try:
                 etags[part.part_number] = await self.objects.upload_part(
                     key, upload_id, part.part_number, data
                 )
             finally:
+                data.close()
                 slots.release()
 
         started = time.perf_counter()
@@ -791,8 +795,13 @@ class EagerFlusher:
             async with asyncio.TaskGroup() as group:
                 for part in work:
                     await slots.acquire()
-                    data = await asyncio.to_thread(read, stream, part)
+                    try:
+                        data = await asyncio.to_thread(read, stream, part)
+                    except BaseException:
+                        slots.release()
+                        raise
                     if part.part_number in etags:
+                        data.close()
                         slots.release()
                         continue
                     sent += 1

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from app.uploads.models import SessionState, StagedFile, StoredChunk, UploadSession
 
@@ -175,13 +175,49 @@ class ChunkStaging(Protocol):
     async def check(self) -> None: ...
 
 
+@runtime_checkable
+class PartBody(Protocol):
+    """A part that stays in staging while it is sent (nothing of it held in memory).
+
+    It is never read itself: each send attempt reads it through a reader of its own
+    (`open_reader`), so a retry never shares a position with an attempt that was cut off
+    and whose read may still be running in a worker thread. Every reader yields the same
+    bytes, those `hash_into` hashed. `close` ends every reader it opened."""
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def hash_into(self, hasher: Hasher) -> None:
+        """Feed the bytes, in order, to `hasher` (blocking I/O)."""
+        ...
+
+    def open_reader(self) -> BinaryIO: ...
+
+    def close(self) -> None: ...
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+
+@runtime_checkable
+class RangedStream(Protocol):
+    """What `open_assembled` returns where staging can send a part without reading it
+    into memory first (disk staging; S3 staging reads parts into buffers)."""
+
+    def staged_range(self, start: int, size_bytes: int) -> PartBody:
+        """Bytes [start, start + size_bytes) of the stream, fewer only at its end
+        (blocking I/O)."""
+        ...
+
+
 class MultipartObjectStore(Protocol):
     """An S3-style multipart upload. Errors are raised as StorageUnavailable."""
 
     async def start(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str: ...
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO
+        self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO | PartBody
     ) -> str: ...
 
     async def finish(self, key: str, upload_id: str, etags: Sequence[str]) -> None: ...
