@@ -126,18 +126,29 @@ class DiskChunkWriter:
             raise _translate(error) from error
 
     async def finish(self) -> StagedFile:
-        await self._wait_in_flight()
-        # The last block and the close go to the thread together: one hand-off, not two
-        # (a small chunk is all last block).
+        # The last block and the close go to a thread together, queued behind the block in
+        # flight (which that thread waits for: it was queued first, so it is running or
+        # done): one hand-off and one wait, not two of each (a small chunk is all last
+        # block).
+        before, self._in_flight = self._in_flight, None
         block, self._pending, self._pending_bytes = self._pending, [], 0
-        self._in_flight = _writer_pool().submit(self._write_last_block, block, self._staging.fsync)
+        self._in_flight = _writer_pool().submit(
+            self._write_last_block, before, block, self._staging.fsync
+        )
         await self._wait_in_flight()
         self._staging.writer_done(self._name)
         return StagedFile(
             file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
         )
 
-    def _write_last_block(self, block: list[bytes | memoryview], fsync: bool) -> None:
+    def _write_last_block(
+        self,
+        before: concurrent.futures.Future[None] | None,
+        block: list[bytes | memoryview],
+        fsync: bool,
+    ) -> None:
+        if before is not None:
+            before.result()  # its error is the chunk's; the descriptor stays for `discard`
         if block:
             self._write_block(block)  # on failure the descriptor stays for `discard`
         self._close(fsync)
