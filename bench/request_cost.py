@@ -1,7 +1,7 @@
 """Per-request cost of the service (issue 16 item 2): CPU per request, and the event
-loop's own share of it, for small chunks, 1 MiB chunks and 1 MiB tus PATCHes.
+loop's own share of it, for small chunks, 1 MiB chunks and 1 MiB and 8 MiB tus PATCHes.
 
-`.venv/bin/python -m bench.request_cost [--workloads chunk-1k chunk-1m tus-1m]
+`.venv/bin/python -m bench.request_cost [--workloads chunk-1k chunk-1m tus-1m tus-8m]
 [--requests N] [--clients C] [--no-eager] [--app-from DIR] [--profile DIR]`
 
 Each workload gets a fresh service process started as `./bench/run` starts it (the
@@ -44,6 +44,8 @@ WORKLOADS = {
     "chunk-1k": ("chunk", KiB, 20_000),
     "chunk-1m": ("chunk", MiB, 1_000),
     "tus-1m": ("tus", MiB, 1_000),
+    # The per-byte path: 8 MiB PATCHes (one staged piece each at the default part size).
+    "tus-8m": ("tus", 8 * MiB, 200),
     # The framework's floor: bench/bare_app.py (uvicorn + FastAPI reading and dropping
     # the same multipart body; no auth, parsing, database, disk or logging).
     "bare-1k": ("bare", KiB, 20_000),

@@ -148,7 +148,10 @@ class ChunkWriter(Protocol):
 class ChunkStaging(Protocol):
     """Local files that hold chunks until completion."""
 
-    def new_writer(self, *, max_bytes: int) -> ChunkWriter: ...
+    def new_writer(self, *, max_bytes: int, block_bytes: int = ...) -> ChunkWriter:
+        """`block_bytes`: how much the writer gathers per hand-off to its disk thread (it
+        holds at most two blocks); the store's default unless a caller asks for more."""
+        ...
 
     async def adopt(self, session_id: str, staged: StagedFile, index: int) -> str:
         """Atomically move a finished temp file into the session; returns its file name."""

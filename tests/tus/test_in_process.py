@@ -11,6 +11,7 @@ import pytest
 from app.dev.keys import KeyPair
 from app.main import create_app
 from app.settings import Settings
+from app.uploads.ports import Lease
 from tests.conftest import running
 from tests.notify.receiver import Receiver
 
@@ -134,3 +135,49 @@ async def test_bad_creation_headers_get_a_clear_4xx(
         assert response.status_code == status, response.text
         assert response.json()["status"] == "error"
         assert response.headers["Tus-Resumable"] == "1.0.0"
+
+
+async def test_a_patch_ending_on_a_piece_boundary_releases_its_lease_with_the_record(
+    settings_factory: Callable[..., Settings], keypair: KeyPair
+) -> None:
+    """A PATCH of exactly one part is one whole piece: its record lets the writer lease
+    go in the same transaction (no release of its own), and the next writer finds the
+    lease free at once."""
+    piece = 5 * 1024 * 1024
+    settings = settings_factory(s3_part_size_bytes=piece, eager_flush=False)
+    headers = {**TUS, "Authorization": f"Bearer {keypair.token('user-5', file_id=6)}"}
+    app = create_app(settings)
+    async with running(app) as http:
+        locks = app.state.container.upload_locks
+        released_alone: list[object] = []
+        release = locks.release
+
+        async def counted_release(lease: Lease) -> None:
+            released_alone.append(lease)
+            await release(lease)
+
+        locks.release = counted_release
+        created = await http.post(
+            "/files/",
+            headers={
+                **headers,
+                "Upload-Length": str(2 * piece + 1),
+                "Upload-Metadata": _metadata(filename="memo.wav"),
+            },
+        )
+        assert created.status_code == 201, created.text
+        for offset in (0, piece):
+            patched = await http.patch(
+                created.headers["Location"],
+                content=bytes(piece),
+                headers={
+                    **headers,
+                    "Upload-Offset": str(offset),
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            assert patched.status_code == 204, patched.text
+            assert patched.headers["Upload-Offset"] == str(offset + piece)
+        assert released_alone == []
+        session_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+        assert await locks.acquire(session_id, ttl_seconds=5) is not None
