@@ -7,9 +7,10 @@ writer of a session, so a chunk record can never slip in after a completion clai
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -50,6 +51,9 @@ _TOUCH_UPLOADING = (
     )
     .values(updated_at=bindparam("now"), expires_at=bindparam("new_expiry"))
 )
+# The same, returning the session row: a chunk whose session was not read before its
+# bytes (`record_chunk`'s `admit`) is checked against the row this transaction holds.
+_TOUCH_UPLOADING_RETURNING = _TOUCH_UPLOADING.returning(*upload_sessions.c)
 # A replaced chunk's row goes first (its bytes no longer count), and the new row is
 # inserted only while the session's other chunks leave room for it: three statements per
 # chunk, each in the transaction the session row's update opened.
@@ -103,6 +107,7 @@ class _SqliteChunkPath:
         self.engine = engine
         self.session_by_id = sqlite_driver.Prepared(_SESSION_BY_ID, dialect)
         self.touch = sqlite_driver.Prepared(_TOUCH_UPLOADING, dialect)
+        self.touch_returning = sqlite_driver.Prepared(_TOUCH_UPLOADING_RETURNING, dialect)
         self.release = sqlite_driver.Prepared(_RELEASE_HELD, dialect)
         self.delete_at = sqlite_driver.Prepared(_DELETE_CHUNK_AT, dialect)
         self.insert_within = sqlite_driver.Prepared(_INSERT_CHUNK_WITHIN, dialect)
@@ -135,13 +140,14 @@ class _SqliteChunkPath:
         expires_at: datetime,
         max_session_bytes: int,
         release: Lease | None,
+        admit: Callable[[UploadSession], None] | None,
+        place: Callable[[], None] | None,
     ) -> ChunkRecordResult:
+        touch = self.touch if admit is None else self.touch_returning
         statements = (
             (
-                self.touch.sql,
-                self.touch.parameters(
-                    {"session_id": session_id, "now": now, "new_expiry": expires_at}
-                ),
+                touch.sql,
+                touch.parameters({"session_id": session_id, "now": now, "new_expiry": expires_at}),
             ),
             (
                 self.release.sql,
@@ -172,8 +178,15 @@ class _SqliteChunkPath:
                 self.session_by_id.parameters({"session_id": session_id}),
             ),
         )
+        touched = None
+        if admit is not None:
+            row = self.touch_returning.row
+
+            def touched(raw: Sequence[Any]) -> None:
+                admit(_session(row(raw)))  # type: ignore[arg-type]
+
         outcome, old = await sqlite_driver.run_on_connection(
-            self.engine, _record_chunk_sqlite, statements
+            self.engine, _record_chunk_sqlite, statements, touched, place
         )
         replaced = _chunk(self.delete_at.row(old)) if old is not None else None  # type: ignore[arg-type]
         return ChunkRecordResult(outcome, replaced=replaced)
@@ -188,24 +201,36 @@ def _fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, 
 
 
 def _record_chunk_sqlite(
-    connection: sqlite3.Connection, statements: tuple[Any, ...]
+    connection: sqlite3.Connection,
+    statements: tuple[Any, ...],
+    touched: Callable[[Sequence[Any]], None] | None,
+    place: Callable[[], None] | None,
 ) -> tuple[ChunkRecordOutcome, Any]:
-    """`SqlSessionStore.record_chunk`'s transaction, run in the database thread."""
+    """`SqlSessionStore.record_chunk`'s transaction, run in the database thread.
+    `touched`: given the session row the touch returned (it refuses by raising)."""
     touch, release, delete_at, insert_within, session_by_id = statements
     connection.execute("BEGIN IMMEDIATE")
     try:
-        if connection.execute(*touch).rowcount != 1:
+        cursor = connection.execute(*touch)
+        row = cursor.fetchone() if touched is not None else None
+        found = row is not None if touched is not None else cursor.rowcount == 1
+        cursor.close()
+        if not found:
             exists = connection.execute(*session_by_id).fetchone() is not None
             connection.rollback()
             return (
                 ChunkRecordOutcome.NOT_UPLOADING if exists else ChunkRecordOutcome.MISSING
             ), None
+        if touched is not None and row is not None:
+            touched(row)
         if release is not None and connection.execute(*release).rowcount != 1:
             connection.rollback()
             return ChunkRecordOutcome.LEASE_LOST, None
         cursor = connection.execute(*delete_at)
         old = cursor.fetchone()
         cursor.close()
+        if place is not None:
+            place()
         if connection.execute(*insert_within).rowcount != 1:
             connection.rollback()  # the replaced row stays
             return ChunkRecordOutcome.SESSION_TOO_LARGE, None
@@ -257,10 +282,14 @@ class SqlSessionStore:
         expires_at: datetime,
         max_session_bytes: int,
         release: Lease | None = None,
+        admit: Callable[[UploadSession], None] | None = None,
+        place: Callable[[], None] | None = None,
     ) -> ChunkRecordResult:
         """`release`: a lease this chunk's writer holds, lapsed in the same transaction
         (the writer's last record): the chunk commits only while the lease is still its
-        holder's, so a writer that was replaced records nothing (LEASE_LOST)."""
+        holder's, so a writer that was replaced records nothing (LEASE_LOST). `admit`,
+        `place`: the port's (on SQLite both run in the database thread, in the one
+        hand-off of the whole transaction)."""
         if self._sqlite is not None:
             return await self._sqlite.record_chunk(
                 session_id,
@@ -269,13 +298,18 @@ class SqlSessionStore:
                 expires_at=expires_at,
                 max_session_bytes=max_session_bytes,
                 release=release,
+                admit=admit,
+                place=place,
             )
         async with self.engine.begin() as conn:
-            touched = await conn.execute(
-                _TOUCH_UPLOADING,
-                {"session_id": session_id, "now": now, "new_expiry": expires_at},
-            )
-            if touched.rowcount != 1:
+            parameters = {"session_id": session_id, "now": now, "new_expiry": expires_at}
+            if admit is None:
+                touched = (await conn.execute(_TOUCH_UPLOADING, parameters)).rowcount == 1
+            else:
+                row = (await conn.execute(_TOUCH_UPLOADING_RETURNING, parameters)).mappings()
+                session = row.first()
+                touched = session is not None
+            if not touched:
                 exists = await _get(conn, session_id)
                 outcome = (
                     ChunkRecordOutcome.MISSING
@@ -283,6 +317,8 @@ class SqlSessionStore:
                     else ChunkRecordOutcome.NOT_UPLOADING
                 )
                 return ChunkRecordResult(outcome)
+            if admit is not None:
+                admit(_session(session))  # type: ignore[arg-type]
             if (
                 release is not None
                 and not (await conn.execute(_RELEASE_HELD, _lease_parameters(release))).rowcount
@@ -298,6 +334,8 @@ class SqlSessionStore:
                 .mappings()
                 .first()
             )
+            if place is not None:
+                await asyncio.to_thread(place)
             inserted = await conn.execute(
                 _INSERT_CHUNK_WITHIN,
                 {

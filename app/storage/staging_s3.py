@@ -268,4 +268,3 @@ class S3ConcatenatedReader(PartsReader[str]):
         data = future.result()
         self.bytes_fetched += len(data)
         return data
-

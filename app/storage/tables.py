@@ -153,4 +153,3 @@ resumable_uploads = Table(
     # A final upload's partial upload ids, in order, space-separated; NULL otherwise.
     Column("concat_parts", Text),
 )
-

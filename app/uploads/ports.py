@@ -18,7 +18,7 @@ paused past its lease (GC, a frozen VM) can no longer write. Usage:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -59,10 +59,18 @@ class SessionStore(Protocol):
         expires_at: datetime,
         max_session_bytes: int,
         release: Lease | None = None,
+        admit: Callable[[UploadSession], None] | None = None,
+        place: Callable[[], None] | None = None,
     ) -> ChunkRecordResult:
         """Add or replace a chunk record if the session is still uploading and stays
         within `max_session_bytes`; returns the record it replaced. With `release`, only
-        while that lease is still held, and it is released in the same transaction."""
+        while that lease is still held, and it is released in the same transaction.
+
+        `admit` is called with the session as the transaction sees it, before anything
+        is written, and refuses the chunk by raising (nothing is recorded; the error
+        propagates). `place` (blocking) puts the chunk's bytes where `chunk.file_name`
+        says, once nothing but the insert is left: the chunk is in place before its record
+        commits. Both may run in the database's thread, never on the event loop."""
         ...
 
     async def create_within_limit(
@@ -143,6 +151,18 @@ class ChunkWriter(Protocol):
     async def finish(self) -> StagedFile: ...
 
     async def discard(self) -> None: ...
+
+
+ChunkPlacement = tuple[str, Callable[[], None]]
+"""(file name, blocking move): what `adopt` would do, for a caller to run in a thread
+hand-off it makes anyway (the chunk's record); the move raises like `adopt`."""
+
+
+@runtime_checkable
+class PlacesChunks(Protocol):
+    """A staging whose `adopt` is a local rename, so it can be run in another hand-off."""
+
+    def placement(self, session_id: str, staged: StagedFile, index: int) -> ChunkPlacement: ...
 
 
 class ChunkStaging(Protocol):

@@ -86,6 +86,7 @@ from app.uploads.ports import (
     LeaseStore,
     MultipartObjectStore,
     OutboxEvent,
+    PlacesChunks,
     SessionStore,
 )
 
@@ -180,6 +181,8 @@ class UploadService:
         self.leases: LeaseStore = leases if leases is not None else leasing.MemoryLeaseStore()
         # Writes are fenced in the store only when the leases live in the same database.
         self._fenced = leases is not None
+        # A local staging's rename runs in the chunk record's own hand-off.
+        self._places: PlacesChunks | None = staging if isinstance(staging, PlacesChunks) else None
         # Eager flush (issue 7): parts go to S3 while chunks arrive; off without a PartStore.
         self.eager: EagerFlusher | None = None
         if parts is not None and policy.eager_flush:
@@ -268,13 +271,31 @@ class UploadService:
 
     async def check_can_receive(self, principal: Principal, session_id: str) -> UploadSession:
         """Fails fast, before any chunk byte is read, when the chunk would be refused."""
-        session = await self._owned(principal, session_id)
+        session = await self.store.get(session_id)
+        if session is None:
+            raise SessionNotFound()
+        self._check_receiving(principal, session)
+        return session
+
+    def _check_receiving(self, principal: Principal, session: UploadSession) -> None:
+        """`check_can_receive` on a session already read (blocking-safe: may run in the
+        database's thread, inside the chunk's record transaction)."""
+        self._check_owner(principal, session)
         state = session.effective_state(self._clock())
         if state is SessionState.EXPIRED:
             raise SessionExpired()
         if state is not SessionState.UPLOADING:
             raise SessionNotAcceptingChunks(details={"state": state.value})
-        return session
+
+    def _check_chunk(
+        self, session: UploadSession, index: int, staged: StagedFile, chunk_sha256: str | None
+    ) -> None:
+        self._check_index(session, index)
+        if chunk_sha256 is not None and chunk_sha256.lower() != staged.sha256:
+            raise ChecksumMismatch(
+                "The chunk's SHA-256 does not match chunk_sha256; the chunk was discarded.",
+                details={"expected": chunk_sha256.lower(), "actual": staged.sha256},
+            )
 
     async def accept_chunk(
         self,
@@ -291,21 +312,37 @@ class UploadService:
         """Make a fully written temp file chunk `index` of the session, replacing any
         earlier one. On any refusal the temp file is removed. `checked`: the session as
         `check_can_receive` returned it before the bytes were read, which saves reading
-        it again (its state is re-checked atomically when the chunk is recorded).
-        `release`: the writer's lease, released with the record, which commits only while
-        the lease is still held (UploadLocked otherwise)."""
+        it again (its state is re-checked atomically when the chunk is recorded); without
+        it, and with a staging that renames locally, the session is checked inside the
+        chunk's record transaction instead (the same checks, the same errors, one
+        database hand-off less). `release`: the writer's lease, released with the record,
+        which commits only while the lease is still held (UploadLocked otherwise)."""
+        admit: Callable[[UploadSession], None] | None = None
+        place: Callable[[], None] | None = None
+        placed = False
         try:
             if checked is not None and checked.id == session_id:
-                session = checked
-            else:
+                self._check_chunk(checked, index, staged, chunk_sha256)
+            elif self._places is None:
                 session = await self.check_can_receive(principal, session_id)
-            self._check_index(session, index)
-            if chunk_sha256 is not None and chunk_sha256.lower() != staged.sha256:
-                raise ChecksumMismatch(
-                    "The chunk's SHA-256 does not match chunk_sha256; the chunk was discarded.",
-                    details={"expected": chunk_sha256.lower(), "actual": staged.sha256},
-                )
-            file_name = await self.staging.adopt(session_id, staged, index)
+                self._check_chunk(session, index, staged, chunk_sha256)
+            else:
+
+                def admit(session: UploadSession) -> None:
+                    self._check_receiving(principal, session)
+                    self._check_chunk(session, index, staged, chunk_sha256)
+
+            if self._places is None:
+                file_name = await self.staging.adopt(session_id, staged, index)
+                placed = True
+            else:
+                file_name, move = self._places.placement(session_id, staged, index)
+
+                def place() -> None:
+                    nonlocal placed
+                    move()
+                    placed = True
+
         except BaseException:
             await self.staging.remove_temp(staged)
             raise
@@ -321,12 +358,20 @@ class UploadService:
                 expires_at=self._expiry_from(now),
                 max_session_bytes=self.policy.max_file_size,
                 release=release,
+                admit=admit,
+                place=place,
             )
         except BaseException:
-            await self.staging.remove_chunk(session_id, file_name)
+            if placed:
+                await self.staging.remove_chunk(session_id, file_name)
+            else:
+                await self.staging.remove_temp(staged)
             raise
         if recorded.outcome is not ChunkRecordOutcome.RECORDED:
-            await self.staging.remove_chunk(session_id, file_name)
+            if placed:
+                await self.staging.remove_chunk(session_id, file_name)
+            else:
+                await self.staging.remove_temp(staged)
             if recorded.outcome is ChunkRecordOutcome.LEASE_LOST:
                 raise UploadLocked("This request lost the upload to another request.")
             if recorded.outcome is ChunkRecordOutcome.SESSION_TOO_LARGE:
@@ -929,12 +974,18 @@ class UploadService:
     # -------------------------------------------------------------------- helpers
     async def _owned(self, principal: Principal, session_id: str) -> UploadSession:
         session = await self.store.get(session_id)
+        if session is None:
+            raise SessionNotFound()
+        self._check_owner(principal, session)
+        return session
+
+    @staticmethod
+    def _check_owner(principal: Principal, session: UploadSession) -> None:
         # Another user's session is reported exactly like a missing one: no existence leak.
-        if session is None or session.owner_sub != principal.sub:
+        if session.owner_sub != principal.sub:
             raise SessionNotFound()
         if principal.file_id is not None and principal.file_id != session.main_service_file_id:
             raise Forbidden("The token's file_id claim does not match this upload.")
-        return session
 
     def _finished_outcome(self, session: UploadSession, now: datetime) -> CompletionOutcome | None:
         state = session.effective_state(now)
