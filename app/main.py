@@ -16,7 +16,7 @@ flush reads in worker threads from lingering in an arena per thread, and lets
 from __future__ import annotations
 
 # First: before anything imports structlog or httpx (see the module).
-from app import lean_imports as _lean_imports  # noqa: F401  (not `import app.…`: binds `app`)
+from app import lean_imports as _lean_imports  # (not `import app.…`: binds `app`)
 
 # isort: split
 import asyncio
@@ -262,6 +262,7 @@ class RequestIdMiddleware:
 def __getattr__(name: str) -> Any:
     if name == "app":
         application = create_app(long_running=True)
+        _lean_imports.allow_pydantic_v1()
         globals()["app"] = application
         return application
     raise AttributeError(name)
