@@ -11,8 +11,9 @@ entries are removed afterwards, so code that really wants rich (the CLI) still g
 
 FastAPI imports pydantic.v1 for every route it builds, only to check that the route's
 models are not pydantic v1 models, and takes ImportError as "none can be": the service
-has none (idle service 122.4 -> 121.3 MB, bench/README.md "Memory"). That entry stays until `allow_pydantic_v1()` (app.main, once the
-served app is built), so a later import still gets pydantic.v1.
+has none (measured: idle service 122.4 -> 121.3 MB). That entry stays until
+`allow_pydantic_v1()` (app.main, once the served app is built), so a later import
+still gets pydantic.v1.
 
 If structlog or httpx was imported already (a test run, the CLI), nothing changes.
 """
