@@ -9,10 +9,11 @@ cost ~3.3 MB of memory for as long as it runs. A `None` entry in `sys.modules` m
 import raise ImportError, which both libraries take as "extra not installed"; the
 entries are removed afterwards, so code that really wants rich (the CLI) still gets it.
 
-FastAPI imports pydantic.v1 (~1.7 MB) for every route it builds, only to check that the
-route's models are not pydantic v1 models, and takes ImportError as "none can be": the
-service has none. That entry stays until `allow_pydantic_v1()` (app.main, once the
-served app is built), so a later import still gets pydantic.v1.
+FastAPI imports pydantic.v1 for every route it builds, only to check that the route's
+models are not pydantic v1 models, and takes ImportError as "none can be": the service
+has none (measured: idle service 122.4 -> 121.3 MB). That entry stays until
+`allow_pydantic_v1()` (app.main, once the served app is built), so a later import
+still gets pydantic.v1.
 
 If structlog or httpx was imported already (a test run, the CLI), nothing changes.
 """

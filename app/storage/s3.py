@@ -18,10 +18,10 @@ from urllib.parse import quote
 
 import structlog
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.errors import StorageUnavailable
+from app.lean_botocore import get_session
 from app.settings import Settings
 from app.uploads.ports import PartBody
 
