@@ -25,8 +25,6 @@ in the same directory) needs. The readiness probe (`check`) never touches these 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import errno
 import hashlib
 import io
@@ -34,11 +32,11 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Generic, NamedTuple, Protocol, TypeVar
+from typing import BinaryIO, Generic, NamedTuple, Protocol, TypeVar
 
 from app.errors import ChunkTooLarge, StagingFull
 from app.uploads.models import StagedFile, StoredChunk
@@ -63,10 +61,6 @@ class DiskChunkWriter:
     gathered; a worker thread then hashes them and writes them with one writev. One block
     is in the thread while the next one gathers, so receiving and disk work overlap;
     memory per request stays under two blocks.
-
-    The event loop is woken by the thread only when it waits for a block (the next block
-    is ready before the thread is done, or the chunk is finished): while the thread keeps
-    up, handing a block over costs one `submit` and nothing on the way back.
     """
 
     def __init__(
@@ -81,7 +75,7 @@ class DiskChunkWriter:
         self._digest = hashlib.sha256()
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
-        self._in_flight: concurrent.futures.Future[None] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
         self._size_bytes = 0
 
     @property
@@ -102,19 +96,15 @@ class DiskChunkWriter:
         await self._wait_in_flight()
         block, self._pending, self._pending_bytes = self._pending, [], 0
         if block:
-            self._in_flight = _writer_pool().submit(self._write_block, block)
+            loop = asyncio.get_running_loop()
+            self._in_flight = loop.run_in_executor(None, self._write_block, block)
 
     async def _wait_in_flight(self) -> None:
-        in_flight = self._in_flight
-        if in_flight is None:
-            return
-        if not in_flight.done():
-            # Forgotten only once done: a cancelled request must not leave the thread
-            # writing to a descriptor that `discard` closes (and the OS reuses). The
-            # thread's future itself is never cancelled.
-            await _done(in_flight)
-        self._in_flight = None
-        in_flight.result()  # the thread's error, if any
+        if self._in_flight is not None:
+            # Shielded, and forgotten only once done: a cancelled request must not leave
+            # the thread writing to a descriptor that `discard` closes (and the OS reuses).
+            await asyncio.shield(self._in_flight)
+            self._in_flight = None
 
     def _write_block(self, block: list[bytes | memoryview]) -> None:
         try:
@@ -127,14 +117,13 @@ class DiskChunkWriter:
             raise _translate(error) from error
 
     async def finish(self) -> StagedFile:
-        # The last block and the close go to a thread together, queued behind the block in
-        # flight (which that thread waits for: it was queued first, so it is running or
-        # done): one hand-off and one wait, not two of each (a small chunk is all last
-        # block).
-        before, self._in_flight = self._in_flight, None
+        await self._wait_in_flight()
+        # The last block and the close go to the thread together: one hand-off, not two
+        # (a small chunk is all last block). Shielded like every block (discard waits).
         block, self._pending, self._pending_bytes = self._pending, [], 0
-        self._in_flight = _writer_pool().submit(
-            self._write_last_block, before, block, self._staging.fsync
+        loop = asyncio.get_running_loop()
+        self._in_flight = loop.run_in_executor(
+            None, self._write_last_block, block, self._staging.fsync
         )
         await self._wait_in_flight()
         self._staging.writer_done(self._name)
@@ -142,14 +131,7 @@ class DiskChunkWriter:
             file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
         )
 
-    def _write_last_block(
-        self,
-        before: concurrent.futures.Future[None] | None,
-        block: list[bytes | memoryview],
-        fsync: bool,
-    ) -> None:
-        if before is not None:
-            before.result()  # its error is the chunk's; the descriptor stays for `discard`
+    def _write_last_block(self, block: list[bytes | memoryview], fsync: bool) -> None:
         if block:
             self._write_block(block)  # on failure the descriptor stays for `discard`
         self._close(fsync)
@@ -176,15 +158,18 @@ class DiskChunkWriter:
         if in_flight is not None and not in_flight.done():
             # The thread must be done with the descriptor before the file can go.
             try:
-                await _done(in_flight)
+                await asyncio.shield(in_flight)
             except asyncio.CancelledError:
-                loop = asyncio.get_running_loop()
-                in_flight.add_done_callback(lambda _: _call_soon(loop, self._discard_when_written))
+                in_flight.add_done_callback(self._discard_when_written)
                 raise
+            except Exception:  # noqa: BLE001, S110 - its error is moot: the chunk is dropped
+                pass
         await asyncio.to_thread(self._discard)
 
-    def _discard_when_written(self) -> None:
-        self._discard()  # the thread's error is moot: the chunk is dropped either way
+    def _discard_when_written(self, written: asyncio.Future[None]) -> None:
+        if not written.cancelled():
+            written.exception()  # retrieved: the chunk is dropped either way
+        self._discard()
 
     def _discard(self) -> None:
         self._close_fd()
@@ -192,46 +177,6 @@ class DiskChunkWriter:
         self._staging.release(self._size_bytes)
         self._staging.writer_done(self._name)
         self._size_bytes = 0
-
-
-# Staging writes get a pool of their own rather than the loop's default executor, whose
-# futures wake the event loop when each block is done; these are only waited for when
-# the writer needs the block done (the same size as asyncio's default executor).
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _writer_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                _pool = concurrent.futures.ThreadPoolExecutor(
-                    max_workers=min(32, (os.cpu_count() or 1) + 4),
-                    thread_name_prefix="staging-writer",
-                )
-    return _pool
-
-
-async def _done(future: concurrent.futures.Future[None]) -> None:
-    """Wait until a worker thread's future is done, without ever cancelling it (a
-    cancelled wait leaves the thread's work running)."""
-    loop = asyncio.get_running_loop()
-    waiter: asyncio.Future[None] = loop.create_future()
-    future.add_done_callback(lambda _: _call_soon(loop, _wake, waiter))
-    await waiter
-
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
-    # Runs in the worker thread (or at once, if the future is already done). A loop that
-    # has closed meanwhile (shutdown) has nobody left waiting.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(callback, *args)
 
 
 def _create(path: Path) -> int:
