@@ -170,6 +170,35 @@ async def test_session_over_max_file_size_is_413(
         assert len(staged_files(settings)) == 2
 
 
+async def test_session_size_cap_is_exact_when_chunks_are_replaced(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    audio_wav: bytes,
+) -> None:
+    # The cap is checked against the session's running total: a replaced chunk's bytes
+    # leave it, a refused chunk's never enter it, whether it grows or shrinks the total.
+    settings = settings_factory(max_chunk_size=200_000, max_file_size=250_000)
+    async with running(create_app(settings)) as http:
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        for index in range(2):
+            assert (await api.chunk(session_id, index, audio_wav[:100_000])).status_code == 200
+        # 100,000 + 150,000: exactly the cap.
+        assert (await api.chunk(session_id, 1, audio_wav[:150_000])).status_code == 200
+        # One byte over it: refused, and the chunk it would have replaced stays.
+        assert_error(await api.chunk(session_id, 1, audio_wav[:150_001]), 413, "file_too_large")
+        assert_error(await api.chunk(session_id, 2, audio_wav[:1]), 413, "file_too_large")
+        status = (await api.status(session_id)).json()["data"]
+        assert (status["received_chunks"], status["received_bytes"]) == ([0, 1], 250_000)
+        # Shrinking a chunk makes room that a new chunk may take, to the byte.
+        assert (await api.chunk(session_id, 1, audio_wav[:50_000])).status_code == 200
+        assert (await api.chunk(session_id, 2, audio_wav[:100_000])).status_code == 200
+        assert_error(await api.chunk(session_id, 3, audio_wav[:1]), 413, "file_too_large")
+        status = (await api.status(session_id)).json()["data"]
+        assert (status["received_chunks"], status["received_bytes"]) == ([0, 1, 2], 250_000)
+        assert len(staged_files(settings)) == 3
+
+
 async def test_resent_chunk_replaces_the_old_one(
     api: UploadApi, audio_wav: bytes, settings: Settings
 ) -> None:
