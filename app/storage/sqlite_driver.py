@@ -216,11 +216,17 @@ async def run_on_connection(engine: Any, function: Any, *args: Any) -> Any:
 
     The check-out, the run and the return to the pool happen in one greenlet (as
     SQLAlchemy's own async calls do), not in three (`AsyncEngine.connect`, its raw
-    connection, its close): each costs the event loop a greenlet and its switches."""
+    connection, its close): each costs the event loop a greenlet and its switches. The
+    pool's connection is taken raw: no `Connection` is built around it (its events and
+    state would be for statements this function runs itself). On its return the pool
+    resets it as always (a rollback, free when nothing is open: `OneHopConnection`)."""
     return await greenlet_spawn(_run_checked_out, engine.sync_engine, function, args)
 
 
 def _run_checked_out(sync_engine: Any, function: Any, args: tuple[Any, ...]) -> Any:
-    with sync_engine.connect() as conn:
-        driver: OneHopConnection = conn.connection.driver_connection
+    pooled = sync_engine.raw_connection()
+    try:
+        driver: OneHopConnection = pooled.driver_connection
         return await_(driver.run(function, *args))
+    finally:
+        pooled.close()

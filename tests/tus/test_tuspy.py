@@ -328,6 +328,6 @@ async def test_a_new_patch_takes_over_from_a_stalled_one_within_seconds(
     session_id = url.rsplit("/", 1)[-1]
     status = httpx.get(f"{tus_service.url}/upload/{session_id}", headers=tus_service.auth())
     result = status.json()["data"]["result"]
-    assert hashlib.sha256(tus_service.stored(result["key"])).digest() == hashlib.sha256(
-        data
-    ).digest()
+    assert (
+        hashlib.sha256(tus_service.stored(result["key"])).digest() == hashlib.sha256(data).digest()
+    )
