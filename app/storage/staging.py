@@ -645,7 +645,9 @@ class RangeReader(io.RawIOBase):
 
     def read(self, size: int | None = -1) -> bytes:
         # Straight into the bytes returned (RawIOBase.read would copy once more): short
-        # reads at a file boundary, as a raw read may be.
+        # reads at a file boundary, as a raw read may be; a read of everything does not.
+        if size is None or size < 0:
+            return self.readall()
         with self._lock:
             located = self._locate(size)
             if located is None:
@@ -665,7 +667,10 @@ class RangeReader(io.RawIOBase):
             return got
 
     def readall(self) -> bytes:
-        return self.read(-1)
+        pieces = []
+        while piece := self.read(max(1, self._length - self._position)):
+            pieces.append(piece)
+        return b"".join(pieces)
 
     def _locate(self, size: int | None) -> tuple[int, int, int] | None:
         if self.closed:
