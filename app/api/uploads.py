@@ -146,9 +146,15 @@ async def receive_chunk(
         _bind_session(session_id)
         index = _chunk_index(form.fields["chunk_index"])
         chunk_sha256 = _optional_sha256(form.fields.get("chunk_sha256"))
-    except BaseException:
+    except BaseException as error:
         if staged is not None:
             await uploads.staging.remove_temp(staged)
+        named = form.fields.get("upload_session_id")
+        if isinstance(error, ValidationFailed) and staged is not None and named and not checked:
+            # A chunk that arrived whole skipped the session check before its bytes; the
+            # session's refusal (404, 410, 409) still comes before a field's own error, as
+            # when the same request arrives in pieces.
+            await check_session(named)
         raise
     assert staged is not None
     chunk = await uploads.accept_chunk(

@@ -373,7 +373,19 @@ async def test_a_chunk_that_arrives_whole_gets_the_same_answers(
                 {"upload_session_id": open_id, "chunk_index": "2"},
                 api.headers(file_id=7),
             ),
+            # A field's own error comes after the session's refusal, in one piece too.
+            (
+                "intruder, bad index",
+                {"upload_session_id": open_id, "chunk_index": "abc"},
+                api.headers("x"),
+            ),
+            (
+                "aborted, bad checksum",
+                {"upload_session_id": aborted_id, "chunk_index": "0", "chunk_sha256": "xyz"},
+                api.headers(),
+            ),
         ]
+        read_after = {"aborted", "intruder, bad index", "aborted, bad checksum"}
         for name, fields, headers in cases:
             early_checks = 0
             in_pieces = await http.post(
@@ -386,7 +398,7 @@ async def test_a_chunk_that_arrives_whole_gets_the_same_answers(
             )
             # The whole chunk's session was not read before its record (a session that
             # is not uploading is read after it, for the precise refusal).
-            assert early_checks == (2 if name == "aborted" else 1), name
+            assert early_checks == (2 if name in read_after else 1), name
             assert (whole.status_code, whole.json()) == (in_pieces.status_code, in_pieces.json())
         statuses = {}
         for name, fields, headers in cases:
@@ -404,6 +416,8 @@ async def test_a_chunk_that_arrives_whole_gets_the_same_answers(
             "index": (422, "validation_error"),
             "checksum": (422, "checksum_mismatch"),
             "file id": (403, "forbidden"),
+            "intruder, bad index": (404, "session_not_found"),
+            "aborted, bad checksum": (409, "session_not_accepting_chunks"),
         }
         status = (await api.status(open_id)).json()["data"]
         assert status["received_chunks"] == [3]
