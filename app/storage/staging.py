@@ -580,6 +580,15 @@ class StagedRange:
             finally:
                 os.close(fd)
 
+    def intact(self) -> bool:
+        for segment in self._segments:
+            try:
+                if _identity(os.stat(segment.path)) != segment.identity:
+                    return False
+            except FileNotFoundError:
+                return False
+        return True
+
     def open_reader(self) -> RangeReader:
         if self._closed:
             raise ValueError("the staged range is closed")

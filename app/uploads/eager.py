@@ -73,7 +73,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hashlib
+import io
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -324,6 +326,11 @@ class PrefixDigest:
         return self.hashed
 
 
+def _replaced_under_us(error: OSError) -> bool:
+    """A staged chunk file removed, or replaced, by a re-send of its chunk."""
+    return isinstance(error, FileNotFoundError) or error.errno == errno.ESTALE
+
+
 def _cut_part(stream: BinaryIO, part: PlannedPart, hasher: Hasher | None) -> PartData:
     data, size = cut_part(stream, part.start, part.size_bytes, hasher)
     if size != part.size_bytes:
@@ -541,6 +548,14 @@ class EagerFlusher:
                             data, checkpoint = await asyncio.to_thread(
                                 self._read_and_hash, stream, part, digest
                             )
+                        except OSError as error:
+                            self._buffers.release()
+                            if not _replaced_under_us(error):
+                                raise
+                            # A chunk of this part was re-sent since the chunks were
+                            # listed (its old file is gone): list them again.
+                            self._dirty.add(session_id)
+                            break
                         except BaseException:
                             self._buffers.release()
                             raise
@@ -603,6 +618,16 @@ class EagerFlusher:
     ) -> None:
         try:
             etag = await self.objects.upload_part(key, upload_id, part.part_number, data)
+        except Exception:
+            if isinstance(data, io.BytesIO) or await asyncio.to_thread(data.intact):
+                raise
+            # A chunk of this part was re-sent while it was on its way, and the file it
+            # was read from is gone: not a storage failure. The next pass sends the part
+            # again with the chunk as it is now (as for a part sent whole before the
+            # re-send, whose row the next pass finds outdated).
+            log.info("upload.eager_part_superseded", session_id=session_id, part=part.part_number)
+            self._dirty.add(session_id)
+            return
         finally:
             data.close()
             del data

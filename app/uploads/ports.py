@@ -216,6 +216,11 @@ class PartBody(Protocol):
 
     def open_reader(self) -> BinaryIO: ...
 
+    def intact(self) -> bool:
+        """Whether every file it reads is still the one it was cut from (blocking I/O):
+        False once a re-sent chunk has replaced one of them."""
+        ...
+
     def close(self) -> None: ...
 
 

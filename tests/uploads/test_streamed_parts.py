@@ -104,6 +104,7 @@ async def test_every_reader_of_a_range_reads_the_hashed_bytes_on_its_own(
     tail = cut(staging, session_id, chunks, len(data) - 10, PART_SIZE)
     assert tail.size_bytes == 10
     middle = cut(staging, session_id, chunks, MiB, 10)
+    assert middle.intact()
     path = staging.session_dir(session_id) / chunks[0].file_name
     replacement = path.with_suffix(".new")
     replacement.write_bytes(path.read_bytes())
@@ -112,6 +113,10 @@ async def test_every_reader_of_a_range_reads_the_hashed_bytes_on_its_own(
         middle.open_reader().read(10)
     with pytest.raises(OSError, match="changed since"):
         middle.hash_into(hashlib.sha256())
+    # What eager flush asks before calling a failed send a storage failure.
+    assert not middle.intact()
+    path.unlink()
+    assert not middle.intact()
 
 
 @pytest.fixture
