@@ -33,12 +33,14 @@ asyncio.run(main(sys.argv[1], sys.argv[2] or None))
 """
 
 
-def migrate_in_fresh_process(database: dict[str, Any]) -> dict[str, Any]:
+def run_in_fresh_process(script: str, database: dict[str, Any]) -> Any:
+    """`script` run by a new interpreter with the database's URL and schema as its
+    arguments; what it printed last, as JSON."""
     done = subprocess.run(
         [
             sys.executable,
             "-c",
-            MIGRATE_ONCE,
+            script,
             database["database_url"],
             database.get("database_schema") or "",
         ],
@@ -48,8 +50,7 @@ def migrate_in_fresh_process(database: dict[str, Any]) -> dict[str, Any]:
         timeout=120,
         check=True,
     )
-    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    return result
+    return json.loads(done.stdout.splitlines()[-1])
 
 
 def test_schema_revision_names_the_newest_migration() -> None:
@@ -60,10 +61,10 @@ def test_schema_revision_names_the_newest_migration() -> None:
 def test_a_new_database_is_migrated_and_a_migrated_one_needs_no_alembic(
     database: dict[str, Any],
 ) -> None:
-    first = migrate_in_fresh_process(database)
+    first = run_in_fresh_process(MIGRATE_ONCE, database)
     assert first == {"revision": SCHEMA_REVISION, "alembic_loaded": True}
 
-    again = migrate_in_fresh_process(database)
+    again = run_in_fresh_process(MIGRATE_ONCE, database)
     assert again == {"revision": SCHEMA_REVISION, "alembic_loaded": False}
 
 
@@ -114,20 +115,6 @@ asyncio.run(main(sys.argv[1], sys.argv[2] or None))
 def test_migration_0009_counts_the_chunks_of_sessions_that_can_still_record(
     database: dict[str, Any],
 ) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            BACKFILL,
-            database["database_url"],
-            database.get("database_schema") or "",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    totals = json.loads(done.stdout.splitlines()[-1])
+    totals = run_in_fresh_process(BACKFILL, database)
     # A completed session records no more chunks: its total is never read.
     assert totals == {"completing": 11, "done": 0, "empty": 0, "open": 12}
