@@ -1,8 +1,8 @@
 """Per-request cost of the service (issue 16 item 2): CPU per request, and the event
-loop's own share of it, for small chunks, 1 MiB chunks and 1 MiB tus PATCHes.
+loop's own share of it, for small chunks, 1 MiB chunks and 1 MiB and 8 MiB tus PATCHes.
 
-`.venv/bin/python -m bench.request_cost [--workloads chunk-1k chunk-1m tus-1m]
-[--requests N] [--clients C] [--no-eager] [--app-from DIR] [--profile DIR]`
+`.venv/bin/python -m bench.request_cost [--workloads chunk-1k chunk-1m tus-1m tus-8m]
+[--requests N] [--clients C] [--no-eager] [--app-from DIR] [--server NAME] [--profile DIR]`
 
 Each workload gets a fresh service process started as `./bench/run` starts it (the
 README's production command, its default settings: eager flush on, log at INFO), one
@@ -35,7 +35,13 @@ from app.dev.keys import KeyPair
 from app.dev.s3server import LocalS3Server
 from bench.__main__ import TUS_METADATA, Client, wav_file
 from bench.loadgen import Connection, MultipartChunk
-from bench.servers import Process, UploadServiceConfig, start_bare, start_upload_service
+from bench.servers import (
+    SERVICE_SERVERS,
+    Process,
+    UploadServiceConfig,
+    start_bare,
+    start_upload_service,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -44,6 +50,8 @@ WORKLOADS = {
     "chunk-1k": ("chunk", KiB, 20_000),
     "chunk-1m": ("chunk", MiB, 1_000),
     "tus-1m": ("tus", MiB, 1_000),
+    # The per-byte path: 8 MiB PATCHes (one staged piece each at the default part size).
+    "tus-8m": ("tus", 8 * MiB, 200),
     # The framework's floor: bench/bare_app.py (uvicorn + FastAPI reading and dropping
     # the same multipart body; no auth, parsing, database, disk or logging).
     "bare-1k": ("bare", KiB, 20_000),
@@ -233,6 +241,7 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
                         # Another checkout's `app` package first on the path: an A/B of two
                         # commits with the same bench, e.g. `git worktree add /tmp/a <commit>`.
                         extra_env={"PYTHONPATH": str(args.app_from)} if args.app_from else {},
+                        server=args.server,
                     )
                 )
             )
@@ -268,6 +277,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--no-eager", action="store_true", help="EAGER_FLUSH=false: the chunk path alone"
+    )
+    parser.add_argument(
+        "--server",
+        choices=SERVICE_SERVERS,
+        default="uvicorn",
+        help="the server the service runs under, with its production flags (bench/servers.py)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)

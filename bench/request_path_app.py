@@ -7,7 +7,7 @@ hashing and staging cost, and the ceiling any work on them could reach."""
 from __future__ import annotations
 
 from app.main import create_app
-from app.storage.staging import DiskChunkWriter, DiskStaging
+from app.storage.staging import WRITE_BLOCK_BYTES, DiskChunkWriter, DiskStaging
 
 
 class CountingChunkWriter(DiskChunkWriter):
@@ -15,8 +15,10 @@ class CountingChunkWriter(DiskChunkWriter):
         self._size_bytes += len(data)
 
 
-def _counting_writer(self: DiskStaging, *, max_bytes: int) -> DiskChunkWriter:
-    return CountingChunkWriter(self, max_bytes=max_bytes)
+def _counting_writer(
+    self: DiskStaging, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+) -> DiskChunkWriter:
+    return CountingChunkWriter(self, max_bytes=max_bytes, block_bytes=block_bytes)
 
 
 DiskStaging.new_writer = _counting_writer  # type: ignore[method-assign]

@@ -21,6 +21,10 @@ class CuttableProxy:
         self.upstream_bytes = 0
         self.cut_after_upstream_bytes: int | None = None
         self.upstream_bytes_per_second: float | None = None
+        # Once this many bytes have gone upstream, drop the connections open then and
+        # stay online (a retry gets through); a one-shot, counted in `drops`.
+        self.drop_once_after_upstream_bytes: int | None = None
+        self.drops = 0
         self.seen: Counter[bytes] = Counter()
         self._watch = tuple(watch)
         self._server: asyncio.Server | None = None
@@ -45,6 +49,12 @@ class CuttableProxy:
     def cut(self) -> None:
         """Go offline: drop every open connection and refuse new ones."""
         self.online = False
+        for writer in list(self._streams):
+            writer.transport.abort()
+        self._streams.clear()
+
+    def drop_connections(self) -> None:
+        """Drop every open connection, and stay online."""
         for writer in list(self._streams):
             writer.transport.abort()
         self._streams.clear()
@@ -91,6 +101,12 @@ class CuttableProxy:
                     limit = self.cut_after_upstream_bytes
                     if limit is not None and self.upstream_bytes >= limit:
                         self.cut()
+                        break
+                    once = self.drop_once_after_upstream_bytes
+                    if once is not None and self.upstream_bytes >= once:
+                        self.drop_once_after_upstream_bytes = None
+                        self.drops += 1
+                        self.drop_connections()
                         break
                     rate = self.upstream_bytes_per_second
                     if rate:

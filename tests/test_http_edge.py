@@ -246,3 +246,29 @@ async def test_probes_log_at_debug_only(
         assert (await client.get("/upload/nope")).status_code == 401
         events = access_events(capsys.readouterr().err)
     assert [e["route"] for e in events] == ["/upload/{upload_session_id}"], events
+
+
+async def test_requests_do_not_look_up_opentelemetry_providers(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FastAPI's native telemetry is off (app.main): with it on, every request asks
+    OpenTelemetry for its global providers, which reads the environment each time."""
+    from opentelemetry import _logs, metrics, trace
+
+    lookups: list[str] = []
+    for module, getter in (
+        (trace, "get_tracer_provider"),
+        (metrics, "get_meter_provider"),
+        (_logs, "get_logger_provider"),
+    ):
+        real = getattr(module, getter)
+
+        def counted(*args: Any, _real: Any = real, _name: str = getter) -> Any:
+            lookups.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(module, getter, counted)
+
+    for _ in range(3):
+        assert (await client.get("/healthz")).status_code == 200
+    assert lookups == []

@@ -3,8 +3,10 @@
 The body is never held whole: python-multipart's push parser hands us pieces as they
 arrive, and the `chunk` part's bytes go to a ChunkWriter (which hashes and writes them
 in a worker thread). Parts may come in any order; when `upload_session_id` precedes the
-chunk, the session is checked before any chunk byte is stored, and when it follows, as
-soon as that field ends. On any failure the partial file is removed, including a body
+chunk, the session is checked before any chunk byte is stored (unless the whole chunk
+part arrived in the piece that began it: refusing early would then save nothing, and the
+chunk's record checks the session in its own hand-off), and when it follows, as soon as
+that field ends. On any failure the partial file is removed, including a body
 that stalls longer than the idle timeout and a request cancelled by shutdown.
 
 Caps against hostile forms (issue 12), enforced while the bytes arrive, whatever the
@@ -155,14 +157,14 @@ async def read_chunk_form(
                 parser.write(piece)
             except MultipartParseError:
                 raise MalformedBody("The multipart body is malformed.") from None
-            for kind, data in events:
+            for position, (kind, data) in enumerate(events):
                 if kind == "headers":
                     part = _Part(name=str(data))
                     if part.name == FILE_FIELD:
                         if form.staged is not None or writers:
                             raise ValidationFailed("Only one chunk part is allowed.")
                         session_id = form.fields.get("upload_session_id")
-                        if session_id is not None:
+                        if session_id is not None and not _part_ends(events, position):
                             await on_session_id(session_id)
                         part.writer = new_writer()
                         writers.append(part.writer)
@@ -256,6 +258,13 @@ async def with_idle_timeout(
     finally:
         if timer is not None:
             timer.cancel()
+
+
+def _part_ends(events: list[tuple[str, memoryview | str | None]], position: int) -> bool:
+    """Whether the part whose headers are at `position` also ends in this piece: its
+    bytes are all here, so checking its session first would save the client nothing
+    (the chunk's record checks it, in the same hand-off)."""
+    return any(kind == "end" for kind, _ in events[position + 1 :])
 
 
 async def _discard(writers: list[ChunkWriter], form: ChunkForm) -> None:

@@ -19,6 +19,10 @@ _bearer = HTTPBearer(auto_error=False, description="RS256 JWT issued by the main
 # worker thread, a thread hand-off on every request (and up to 40 more threads under
 # concurrent uploads) for a dictionary look-up.
 async def get_container(request: Request) -> Container:
+    return container_of(request)
+
+
+def container_of(request: Request) -> Container:
     container: Container | None = getattr(request.app.state, "container", None)
     if container is None:
         raise NotReady()
@@ -39,6 +43,16 @@ async def get_principal(
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise InvalidToken("A bearer token is required.")
     return await container.verifier.verify(credentials.credentials)
+
+
+async def principal_from(container: Container, authorization: str | None) -> Principal:
+    """`get_principal` for a route that resolves its own dependencies (the chunk route):
+    the same reading of the header as `HTTPBearer(auto_error=False)`, the same error."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    if not (scheme and token) or scheme.lower() != "bearer":
+        raise InvalidToken("A bearer token is required.")
+    return await container.verifier.verify(token)
 
 
 Uploads = Annotated[UploadService, Depends(get_upload_service)]

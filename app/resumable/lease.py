@@ -5,9 +5,11 @@ RELEASE_REQUESTED at its next renewal and ends its body, keeping what it got), t
 until it is free, for at most the lease's TTL plus a little: a live holder lets go within
 one renewal interval, a dead one's lease lapses within the TTL. Beyond that: 423.
 
-Holding it: a background task renews it every TTL/4. `fence()` runs before each piece is
-recorded and refuses (423) once the lease is known lost, or could be (no successful
-renewal for most of a TTL), so a writer that was replaced never records over the new one.
+Holding it: a background task renews it every TTL/4, started by a timer at the first
+renewal (most requests end sooner: no task to create and cancel for them). `fence()`
+runs before each piece is recorded and refuses (423) once the lease is known lost, or
+could be (no successful renewal for most of a TTL), so a writer that was replaced never
+records over the new one.
 
 Letting go: the request's last record releases the lease in its own transaction
 (`lease_to_release`), which also refuses the record if the lease was taken over; only a
@@ -51,6 +53,7 @@ class HeldUpload:
         self._lost = False
         self._released = False
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> HeldUpload:
         deadline = time.monotonic() + self._ttl + 2
@@ -67,17 +70,23 @@ class HeldUpload:
             await asyncio.sleep(POLL_SECONDS)  # polling the lease row, with a deadline
         self._lease = lease
         self._renewed_at = time.monotonic()
-        self._task = asyncio.create_task(self._keep_renewed(lease))
+        self._timer = asyncio.get_running_loop().call_later(
+            self._ttl / 4, self._start_renewing, lease
+        )
         return self
+
+    def _start_renewing(self, lease: Lease) -> None:
+        self._timer = None
+        self._task = asyncio.create_task(self._keep_renewed(lease))
 
     async def _keep_renewed(self, lease: Lease) -> None:
         asked = False
         while True:
-            await asyncio.sleep(self._ttl / 4)
             try:
                 state = await self._locks.renew(lease, ttl_seconds=self._ttl)
             except Exception:  # noqa: BLE001 - a database hiccup: fence() decides by age
                 log.warning("upload.lease_renew_failed", session_id=lease.session_id)
+                await asyncio.sleep(self._ttl / 4)
                 continue
             if state is LeaseState.LOST:
                 self._lost = True
@@ -88,6 +97,7 @@ class HeldUpload:
                 asked = True
                 log.info("upload.lease_release_requested", session_id=lease.session_id)
                 self.on_release_requested()
+            await asyncio.sleep(self._ttl / 4)
 
     async def fence(self) -> None:
         if self._lost or self._lease is None:
@@ -114,6 +124,9 @@ class HeldUpload:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -32,7 +32,7 @@ _MIGRATION_LOCK_ID = 7_311_024_001
 # The newest migration in migrations/versions (a test checks they agree). A database
 # already there is not handed to alembic: importing alembic (with mako, and pygments
 # through mako) would cost the service ~10 MB of memory for as long as it runs.
-SCHEMA_REVISION = "0008_tus_concat_parts"
+SCHEMA_REVISION = "0009_session_chunk_bytes"
 
 
 def create_engine(url: str, *, schema: str | None = None) -> AsyncEngine:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, bindparam, delete, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.elements import ColumnElement
 
@@ -34,7 +34,12 @@ LAPSED = datetime(2000, 1, 1, tzinfo=UTC)
 def _acquire_statement(dialect_name: str) -> Any:
     """Insert the lease at generation 1, or take a lapsed one over (a new generation);
     returns the generation taken, or no row while another holder's lease runs."""
-    insert = postgresql.insert if dialect_name == "postgresql" else sqlite.insert
+    insert: Any = sqlite.insert
+    if dialect_name == "postgresql":
+        # Here, not at import: a service on SQLite never loads the PostgreSQL dialect (~2 MB).
+        from sqlalchemy.dialects import postgresql
+
+        insert = postgresql.insert
     upsert = insert(session_leases).values(
         session_id=bindparam("session_id"),
         name=bindparam("name"),

@@ -88,9 +88,7 @@ APPEND_LEASE = "append"
 
 
 class SqlUploadLocks:
-    def __init__(
-        self, leases: SqlLeaseStore, *, clock: Callable[[], datetime] = utc_now
-    ) -> None:
+    def __init__(self, leases: SqlLeaseStore, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.leases = leases
         self._clock = clock
 

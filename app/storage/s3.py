@@ -18,11 +18,12 @@ from urllib.parse import quote
 
 import structlog
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app.errors import StorageUnavailable
+from app.lean_botocore import get_session
 from app.settings import Settings
+from app.uploads.ports import PartBody
 
 log = structlog.get_logger(__name__)
 
@@ -34,6 +35,15 @@ def _sign_payload(settings: Settings) -> bool:
         return settings.s3_sign_payload == "always"
     endpoint = settings.s3_endpoint_url or "https://"  # unset: AWS, over https
     return not endpoint.lower().startswith("https://")
+
+
+def _one_reader_per_attempt(request: Any, **_: Any) -> None:
+    """botocore builds a request from the same parameters for every attempt (a retry
+    after a timeout or a cut connection too) and only rewinds the body in between; a
+    `PartBody` gets a reader of its own for each one instead, so a read still running
+    for an abandoned attempt cannot move the position the retry reads from."""
+    if isinstance(request.data, PartBody):
+        request.data = request.data.open_reader()
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,10 @@ class S3MultipartStore:
                 **credentials,
             )
         )
+        # First, so the reader is in place before SigV4 (over http) hashes the body.
+        self._client.meta.events.register_first(
+            "request-created.s3.UploadPart", _one_reader_per_attempt
+        )
 
     async def close(self) -> None:
         await self._stack.aclose()
@@ -116,7 +130,7 @@ class S3MultipartStore:
         return str(response["UploadId"])
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO
+        self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO | PartBody
     ) -> str:
         response = await self._call(
             "upload_part",

@@ -7,9 +7,11 @@ writer of a session, so a chunk record can never slip in after a completion clai
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sqlite3
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -41,39 +43,45 @@ _IN_BATCH = 500
 # statement and its cache key anew costs the event loop more CPU than SQLite needs to
 # run it, and the chunk path is where request overhead counts (bench/README.md).
 _SESSION_BY_ID = select(upload_sessions).where(S.id == bindparam("session_id"))
-_TOUCH_UPLOADING = (
+# A chunk's record adds its bytes to the session's running total (`chunk_bytes`) as the
+# first statement of its transaction, which also takes the session row, and reads the
+# total back; a replaced chunk's row then goes (its bytes are taken off the total), and
+# the record commits only if the total stays within the session's cap: three statements
+# per chunk (four when one is replaced), each constant-time whatever the session holds.
+_TOUCH_UPLOADING_BASE = (
     update(upload_sessions)
     .where(
         S.id == bindparam("session_id"),
         S.state == SessionState.UPLOADING.value,
         S.expires_at > bindparam("now"),
     )
-    .values(updated_at=bindparam("now"), expires_at=bindparam("new_expiry"))
+    .values(
+        updated_at=bindparam("now"),
+        expires_at=bindparam("new_expiry"),
+        chunk_bytes=S.chunk_bytes + bindparam("size_bytes", type_=S.chunk_bytes.type),
+    )
 )
-# A replaced chunk's row goes first (its bytes no longer count), and the new row is
-# inserted only while the session's other chunks leave room for it: three statements per
-# chunk, each in the transaction the session row's update opened.
+_TOUCH_UPLOADING = _TOUCH_UPLOADING_BASE.returning(S.chunk_bytes)
+# The same, returning the whole session row: a chunk whose session was not read before
+# its bytes (`record_chunk`'s `admit`) is checked against the row this transaction holds.
+_TOUCH_UPLOADING_SESSION = _TOUCH_UPLOADING_BASE.returning(*upload_sessions.c)
 _DELETE_CHUNK_AT = (
     delete(upload_chunks)
     .where(C.session_id == bindparam("session_id"), C.chunk_index == bindparam("index"))
     .returning(C.chunk_index, C.size_bytes, C.sha256, C.file_name)
 )
-_INSERT_CHUNK_WITHIN = insert(upload_chunks).from_select(
-    ["session_id", "chunk_index", "size_bytes", "sha256", "file_name", "received_at"],
-    select(
-        bindparam("session_id", type_=S.id.type),
-        bindparam("index", type_=C.chunk_index.type),
-        bindparam("size_bytes", type_=C.size_bytes.type),
-        bindparam("sha256", type_=C.sha256.type),
-        bindparam("file_name", type_=C.file_name.type),
-        bindparam("received_at", type_=C.received_at.type),
-    ).where(
-        select(func.coalesce(func.sum(C.size_bytes), 0))
-        .where(C.session_id == bindparam("session_id"))
-        .scalar_subquery()
-        + bindparam("size_bytes")
-        <= bindparam("max_bytes", type_=C.size_bytes.type)
-    ),
+_UNCOUNT_REPLACED = (
+    update(upload_sessions)
+    .where(S.id == bindparam("session_id"))
+    .values(chunk_bytes=S.chunk_bytes - bindparam("replaced_bytes", type_=S.chunk_bytes.type))
+)
+_INSERT_CHUNK = insert(upload_chunks).values(
+    session_id=bindparam("session_id"),
+    chunk_index=bindparam("index"),
+    size_bytes=bindparam("size_bytes"),
+    sha256=bindparam("sha256"),
+    file_name=bindparam("file_name"),
+    received_at=bindparam("received_at"),
 )
 # A writer's last record releases its lease in the same transaction, only if still its own.
 _RELEASE_HELD = (
@@ -103,9 +111,11 @@ class _SqliteChunkPath:
         self.engine = engine
         self.session_by_id = sqlite_driver.Prepared(_SESSION_BY_ID, dialect)
         self.touch = sqlite_driver.Prepared(_TOUCH_UPLOADING, dialect)
+        self.touch_session = sqlite_driver.Prepared(_TOUCH_UPLOADING_SESSION, dialect)
         self.release = sqlite_driver.Prepared(_RELEASE_HELD, dialect)
         self.delete_at = sqlite_driver.Prepared(_DELETE_CHUNK_AT, dialect)
-        self.insert_within = sqlite_driver.Prepared(_INSERT_CHUNK_WITHIN, dialect)
+        self.uncount = sqlite_driver.Prepared(_UNCOUNT_REPLACED, dialect)
+        self.insert = sqlite_driver.Prepared(_INSERT_CHUNK, dialect)
         self.totals = sqlite_driver.Prepared(_CHUNK_TOTALS, dialect)
 
     async def get(self, session_id: str) -> UploadSession | None:
@@ -135,48 +145,80 @@ class _SqliteChunkPath:
         expires_at: datetime,
         max_session_bytes: int,
         release: Lease | None,
+        admit: Callable[[UploadSession], None] | None,
+        place: Callable[[], None] | None,
     ) -> ChunkRecordResult:
-        statements = (
-            (
-                self.touch.sql,
-                self.touch.parameters(
-                    {"session_id": session_id, "now": now, "new_expiry": expires_at}
+        touch = self.touch if admit is None else self.touch_session
+        key = {"session_id": session_id}
+        statements = _SqliteRecord(
+            touch=(
+                touch.sql,
+                touch.parameters(
+                    {
+                        **key,
+                        "now": now,
+                        "new_expiry": expires_at,
+                        "size_bytes": chunk.size_bytes,
+                    }
                 ),
             ),
-            (
-                self.release.sql,
-                self.release.parameters(_lease_parameters(release)),
-            )
+            total_at=touch.keys.index("chunk_bytes"),
+            release=(self.release.sql, self.release.parameters(_lease_parameters(release)))
             if release is not None
             else None,
-            (
+            delete_at=(
                 self.delete_at.sql,
-                self.delete_at.parameters({"session_id": session_id, "index": chunk.index}),
+                self.delete_at.parameters({**key, "index": chunk.index}),
             ),
-            (
-                self.insert_within.sql,
-                self.insert_within.parameters(
+            uncount=self.uncount.sql,
+            uncount_parameters=self.uncount.parameters,
+            size_at=self.delete_at.keys.index("size_bytes"),
+            insert=(
+                self.insert.sql,
+                self.insert.parameters(
                     {
-                        "session_id": session_id,
+                        **key,
                         "index": chunk.index,
                         "size_bytes": chunk.size_bytes,
                         "sha256": chunk.sha256,
                         "file_name": chunk.file_name,
                         "received_at": now,
-                        "max_bytes": max_session_bytes,
                     }
                 ),
             ),
-            (
-                self.session_by_id.sql,
-                self.session_by_id.parameters({"session_id": session_id}),
-            ),
+            session_by_id=(self.session_by_id.sql, self.session_by_id.parameters(key)),
+            max_bytes=max_session_bytes,
+            session_id=session_id,
         )
+        touched = None
+        if admit is not None:
+            row = self.touch_session.row
+
+            def touched(raw: Sequence[Any]) -> None:
+                admit(_session(row(raw)))  # type: ignore[arg-type]
+
         outcome, old = await sqlite_driver.run_on_connection(
-            self.engine, _record_chunk_sqlite, statements
+            self.engine, _record_chunk_sqlite, statements, touched, place
         )
         replaced = _chunk(self.delete_at.row(old)) if old is not None else None  # type: ignore[arg-type]
         return ChunkRecordResult(outcome, replaced=replaced)
+
+
+@dataclass(frozen=True)
+class _SqliteRecord:
+    """A chunk record's statements (SQL, parameters), ready for the database thread."""
+
+    touch: tuple[str, tuple[Any, ...]]
+    total_at: int  # the running total's place in the touch's row
+    release: tuple[str, tuple[Any, ...]] | None
+    delete_at: tuple[str, tuple[Any, ...]]
+    uncount: str
+    uncount_parameters: Callable[[dict[str, Any]], tuple[Any, ...]]
+    size_at: int  # the replaced chunk's size in the delete's row
+    insert: tuple[str, tuple[Any, ...]]
+    session_by_id: tuple[str, tuple[Any, ...]]
+    max_bytes: int
+    session_id: str
 
 
 def _fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
@@ -188,27 +230,48 @@ def _fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, 
 
 
 def _record_chunk_sqlite(
-    connection: sqlite3.Connection, statements: tuple[Any, ...]
+    connection: sqlite3.Connection,
+    record: _SqliteRecord,
+    touched: Callable[[Sequence[Any]], None] | None,
+    place: Callable[[], None] | None,
 ) -> tuple[ChunkRecordOutcome, Any]:
-    """`SqlSessionStore.record_chunk`'s transaction, run in the database thread."""
-    touch, release, delete_at, insert_within, session_by_id = statements
+    """`SqlSessionStore.record_chunk`'s transaction, run in the database thread.
+    `touched`: given the session row the touch returned (it refuses by raising)."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        if connection.execute(*touch).rowcount != 1:
-            exists = connection.execute(*session_by_id).fetchone() is not None
+        cursor = connection.execute(*record.touch)
+        row = cursor.fetchone()
+        cursor.close()
+        if row is None:
+            exists = connection.execute(*record.session_by_id).fetchone() is not None
             connection.rollback()
             return (
                 ChunkRecordOutcome.NOT_UPLOADING if exists else ChunkRecordOutcome.MISSING
             ), None
-        if release is not None and connection.execute(*release).rowcount != 1:
+        if touched is not None:
+            touched(row)
+        if record.release is not None and connection.execute(*record.release).rowcount != 1:
             connection.rollback()
             return ChunkRecordOutcome.LEASE_LOST, None
-        cursor = connection.execute(*delete_at)
+        total = int(row[record.total_at])
+        cursor = connection.execute(*record.delete_at)
         old = cursor.fetchone()
         cursor.close()
-        if connection.execute(*insert_within).rowcount != 1:
+        if old is not None:
+            replaced_bytes = int(old[record.size_at])
+            total -= replaced_bytes
+            connection.execute(
+                record.uncount,
+                record.uncount_parameters(
+                    {"session_id": record.session_id, "replaced_bytes": replaced_bytes}
+                ),
+            )
+        if total > record.max_bytes:
             connection.rollback()  # the replaced row stays
             return ChunkRecordOutcome.SESSION_TOO_LARGE, None
+        if place is not None:
+            place()
+        connection.execute(*record.insert)
         connection.commit()
         return ChunkRecordOutcome.RECORDED, old
     except BaseException:
@@ -257,10 +320,14 @@ class SqlSessionStore:
         expires_at: datetime,
         max_session_bytes: int,
         release: Lease | None = None,
+        admit: Callable[[UploadSession], None] | None = None,
+        place: Callable[[], None] | None = None,
     ) -> ChunkRecordResult:
         """`release`: a lease this chunk's writer holds, lapsed in the same transaction
         (the writer's last record): the chunk commits only while the lease is still its
-        holder's, so a writer that was replaced records nothing (LEASE_LOST)."""
+        holder's, so a writer that was replaced records nothing (LEASE_LOST). `admit`,
+        `place`: the port's (on SQLite both run in the database thread, in the one
+        hand-off of the whole transaction)."""
         if self._sqlite is not None:
             return await self._sqlite.record_chunk(
                 session_id,
@@ -269,13 +336,19 @@ class SqlSessionStore:
                 expires_at=expires_at,
                 max_session_bytes=max_session_bytes,
                 release=release,
+                admit=admit,
+                place=place,
             )
         async with self.engine.begin() as conn:
-            touched = await conn.execute(
-                _TOUCH_UPLOADING,
-                {"session_id": session_id, "now": now, "new_expiry": expires_at},
-            )
-            if touched.rowcount != 1:
+            parameters = {
+                "session_id": session_id,
+                "now": now,
+                "new_expiry": expires_at,
+                "size_bytes": chunk.size_bytes,
+            }
+            touch = _TOUCH_UPLOADING if admit is None else _TOUCH_UPLOADING_SESSION
+            row = (await conn.execute(touch, parameters)).mappings().first()
+            if row is None:
                 exists = await _get(conn, session_id)
                 outcome = (
                     ChunkRecordOutcome.MISSING
@@ -283,12 +356,15 @@ class SqlSessionStore:
                     else ChunkRecordOutcome.NOT_UPLOADING
                 )
                 return ChunkRecordResult(outcome)
+            if admit is not None:
+                admit(_session(row))
             if (
                 release is not None
                 and not (await conn.execute(_RELEASE_HELD, _lease_parameters(release))).rowcount
             ):
                 await conn.rollback()
                 return ChunkRecordResult(ChunkRecordOutcome.LEASE_LOST)
+            total = int(row["chunk_bytes"])
             old = (
                 (
                     await conn.execute(
@@ -298,8 +374,19 @@ class SqlSessionStore:
                 .mappings()
                 .first()
             )
-            inserted = await conn.execute(
-                _INSERT_CHUNK_WITHIN,
+            if old is not None:
+                total -= int(old["size_bytes"])
+                await conn.execute(
+                    _UNCOUNT_REPLACED,
+                    {"session_id": session_id, "replaced_bytes": int(old["size_bytes"])},
+                )
+            if total > max_session_bytes:
+                await conn.rollback()  # the replaced row stays
+                return ChunkRecordResult(ChunkRecordOutcome.SESSION_TOO_LARGE)
+            if place is not None:
+                await asyncio.to_thread(place)
+            await conn.execute(
+                _INSERT_CHUNK,
                 {
                     "session_id": session_id,
                     "index": chunk.index,
@@ -307,12 +394,8 @@ class SqlSessionStore:
                     "sha256": chunk.sha256,
                     "file_name": chunk.file_name,
                     "received_at": now,
-                    "max_bytes": max_session_bytes,
                 },
             )
-            if inserted.rowcount != 1:
-                await conn.rollback()  # the replaced row stays
-                return ChunkRecordResult(ChunkRecordOutcome.SESSION_TOO_LARGE)
             return ChunkRecordResult(
                 ChunkRecordOutcome.RECORDED, replaced=_chunk(old) if old is not None else None
             )

@@ -33,6 +33,7 @@ from typing import Any
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import SQLiteDialect_aiosqlite
 from sqlalchemy.engine import URL
+from sqlalchemy.util import await_, greenlet_spawn
 
 Row = Any
 Description = tuple[tuple[Any, ...], ...] | None
@@ -211,8 +212,21 @@ class Prepared:
 async def run_on_connection(engine: Any, function: Any, *args: Any) -> Any:
     """`function(sqlite3_connection, *args)` in the database thread of a connection
     checked out of the engine's pool (so it queues with every other transaction): one
-    hand-off for a whole transaction, which `function` begins and ends itself."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        driver: OneHopConnection = raw.driver_connection
-        return await driver.run(function, *args)
+    hand-off for a whole transaction, which `function` begins and ends itself.
+
+    The check-out, the run and the return to the pool happen in one greenlet (as
+    SQLAlchemy's own async calls do), not in three (`AsyncEngine.connect`, its raw
+    connection, its close): each costs the event loop a greenlet and its switches. The
+    pool's connection is taken raw: no `Connection` is built around it (its events and
+    state would be for statements this function runs itself). On its return the pool
+    resets it as always (a rollback, free when nothing is open: `OneHopConnection`)."""
+    return await greenlet_spawn(_run_checked_out, engine.sync_engine, function, args)
+
+
+def _run_checked_out(sync_engine: Any, function: Any, args: tuple[Any, ...]) -> Any:
+    pooled = sync_engine.raw_connection()
+    try:
+        driver: OneHopConnection = pooled.driver_connection
+        return await_(driver.run(function, *args))
+    finally:
+        pooled.close()

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 
 from app.storage.s3 import S3MultipartStore
 from app.storage.staging import (
+    WRITE_BLOCK_BYTES,
     DiskChunkWriter,
     DiskStaging,
     PartsReader,
@@ -74,8 +75,10 @@ class S3Staging:
         """Remember the event loop the blocking readers hand their GETs to."""
         self._loop = asyncio.get_running_loop()
 
-    def new_writer(self, *, max_bytes: int) -> DiskChunkWriter:
-        return self.local.new_writer(max_bytes=max_bytes)
+    def new_writer(
+        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+    ) -> DiskChunkWriter:
+        return self.local.new_writer(max_bytes=max_bytes, block_bytes=block_bytes)
 
     async def remove_temp(self, staged: StagedFile) -> None:
         await self.local.remove_temp(staged)
@@ -265,4 +268,3 @@ class S3ConcatenatedReader(PartsReader[str]):
         data = future.result()
         self.bytes_fetched += len(data)
         return data
-

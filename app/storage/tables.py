@@ -71,6 +71,10 @@ upload_sessions = Table(
     # Eager flush: {"upload_id", "content_type"} of the multipart upload it created, so
     # `complete` (in any process) knows the Content-Type S3 will give the object.
     Column("eager_upload", JSON),
+    # The bytes of the session's chunk records, kept by each record's transaction (the
+    # size check reads it instead of summing the chunk rows; migration 0009). Kept true
+    # for sessions that can still record chunks; closed sessions' value is not read.
+    Column("chunk_bytes", BigInteger, nullable=False, server_default="0"),
 )
 # The retention purge and the per-state gauges walk (state, updated_at) (migration 0005).
 Index("ix_upload_sessions_state_updated_at", upload_sessions.c.state, upload_sessions.c.updated_at)
@@ -153,4 +157,3 @@ resumable_uploads = Table(
     # A final upload's partial upload ids, in order, space-separated; NULL otherwise.
     Column("concat_parts", Text),
 )
-

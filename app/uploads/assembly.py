@@ -1,8 +1,12 @@
 """Streams staged chunks, in order, into one multipart object.
 
-Each byte is read once from staging and hashed once (SHA-256, in the reading thread);
-at most `concurrency` parts are in memory or in flight at any time. On any failure the
-multipart upload is aborted, so a failed completion leaves nothing in the bucket.
+Each part is hashed once (SHA-256, in a worker thread) and sent; at most `concurrency`
+parts are in flight at any time. From disk staging a part is sent straight from the
+staged files (`cut_part`: a `PartBody`, read in 256 KiB pieces as it goes out, so a part
+in flight holds no 8 MiB buffer; the hash reads it once more from the page cache); from
+staging that cannot (S3), it is read into one buffer that is hashed and sent. On any
+failure the multipart upload is aborted, so a failed completion leaves nothing in the
+bucket.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import structlog
 
 from app.errors import ChecksumMismatch, ServiceError
 from app.uploads import buffer_budget
-from app.uploads.ports import MultipartObjectStore
+from app.uploads.ports import Hasher, MultipartObjectStore, PartBody, RangedStream
 
 log = structlog.get_logger(__name__)
 
@@ -54,28 +58,30 @@ async def upload_in_parts(
         stream = await asyncio.to_thread(open_stream)
         try:
             slots = buffer_budget.slots(concurrency, part_size_bytes)
+            hasher = digest if expected_sha256 is not None else None
 
-            def read_part() -> tuple[io.BytesIO, int]:
-                body, size = read_part_body(stream, part_size_bytes)
-                if expected_sha256 is not None:
-                    with body.getbuffer() as view:
-                        digest.update(view)
-                return body, size
-
-            async def send(part_number: int, data: io.BytesIO) -> None:
+            async def send(part_number: int, data: PartData) -> None:
                 try:
                     etags[part_number] = await objects.upload_part(
                         key, upload_id, part_number, data
                     )
                 finally:
+                    data.close()
                     slots.release()
 
             async with asyncio.TaskGroup() as group:
                 part_number = 0
                 while True:
                     await slots.acquire()
-                    data, size = await asyncio.to_thread(read_part)
+                    try:
+                        data, size = await asyncio.to_thread(
+                            cut_part, stream, size_bytes, part_size_bytes, hasher
+                        )
+                    except BaseException:
+                        slots.release()
+                        raise
                     if not size and part_number > 0:
+                        data.close()
                         slots.release()
                         break
                     part_number += 1
@@ -98,6 +104,34 @@ async def upload_in_parts(
             raise first_service_error(error) from error
         raise
     return AssembledObject(size_bytes=size_bytes, sha256=sha256)
+
+
+PartData = io.BytesIO | PartBody
+
+
+def cut_part(
+    stream: BinaryIO, start: int, size_bytes: int, hasher: Hasher | None
+) -> tuple[PartData, int]:
+    """The part of the stream at `start`, up to `size_bytes` long (fewer only at its end),
+    with its length, hashed into `hasher` on the way (blocking I/O). A `PartBody` left in
+    staging where the stream offers one, else a buffer holding the bytes. Close it once
+    sent."""
+    if isinstance(stream, RangedStream):
+        body = stream.staged_range(start, size_bytes)
+        try:
+            if hasher is not None:
+                body.hash_into(hasher)
+        except BaseException:
+            body.close()
+            raise
+        return body, body.size_bytes
+    if stream.tell() != start:
+        stream.seek(start)
+    data, size = read_part_body(stream, size_bytes)
+    if hasher is not None:
+        with data.getbuffer() as view:
+            hasher.update(view)
+    return data, size
 
 
 def read_part_body(stream: BinaryIO, size_bytes: int) -> tuple[io.BytesIO, int]:

@@ -47,24 +47,14 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, cast
 
-from mutagen import FileType
-from mutagen.aac import AACInfo
-from mutagen.aiff import AIFFFile, AIFFInfo
-from mutagen.flac import StreamInfo as FLACStreamInfo
-from mutagen.mp3 import MPEGInfo
-from mutagen.mp4 import MP4Info
-
-# Atoms (the MP4 box tree MP4Info needs) and ES_Descriptor (AAC config) are mutagen
-# internals, not in mutagen.mp4.__all__: one more reason mutagen is pinned exactly.
-from mutagen.mp4._as_entry import ES_Descriptor
-from mutagen.mp4._atom import Atoms
-from mutagen.oggflac import OggFLAC
-from mutagen.oggopus import OggOpus
-from mutagen.oggvorbis import OggVorbis
-from mutagen.wave import WaveStreamInfo
-
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
+    from mutagen import FileType
+
+# mutagen is imported by the parsers below, on the first completion that needs one: the
+# served process does not carry it while idle (~2.5 MB; tests/test_memory.py). Atoms (the
+# MP4 box tree MP4Info needs) and ES_Descriptor (AAC config) are mutagen internals, not in
+# mutagen.mp4.__all__: one more reason mutagen is pinned exactly.
 
 __all__ = [
     "FORMATS",
@@ -236,7 +226,7 @@ def inspect_audio(
 
     try:
         parsed = _PARSERS[sniffed.format](reader, sniffed)
-    except UnsupportedAudio:
+    except (UnsupportedAudio, ImportError):  # a parser's lazy mutagen import: not the file's fault
         raise
     except Exception as exc:
         # mutagen turns IOError into its own errors, so the reader, not the exception
@@ -595,6 +585,8 @@ class _Malformed(Exception):
 
 
 def _parse_mpeg(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
+    from mutagen.mp3 import MPEGInfo
+
     info = MPEGInfo(reader, sniffed.offset)
     # `sketchy` means mutagen found fewer than four chained frames and no Xing/VBRI
     # header; a frame offset other than ours means it skipped what we sniffed as audio.
@@ -610,6 +602,8 @@ def _parse_mpeg(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
 
 
 def _parse_adts(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
+    from mutagen.aac import AACInfo
+
     reader.seek(0)
     info = AACInfo(reader)
     duration = info.length
@@ -683,6 +677,8 @@ _WAVE_CODECS = {
 
 
 def _parse_wav(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
+    from mutagen.wave import WaveStreamInfo
+
     info = WaveStreamInfo(reader)
     tag = info.audio_format
     if tag == 0xFFFE:  # WAVE_FORMAT_EXTENSIBLE: the real tag opens the SubFormat GUID
@@ -726,6 +722,8 @@ _AIFC_CODECS = {
 
 
 def _parse_aiff(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
+    from mutagen.aiff import AIFFFile, AIFFInfo
+
     info = AIFFInfo(reader)
     bits = info.bits_per_sample
     codec = f"pcm_s{bits}be"
@@ -741,6 +739,8 @@ def _parse_aiff(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
 
 
 def _parse_flac(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
+    from mutagen.flac import StreamInfo as FLACStreamInfo
+
     # STREAMINFO is always the first metadata block; parsing only it avoids reading
     # embedded pictures, which mutagen's FLAC class would load whole.
     header = sniffed.head[4:8]
@@ -767,6 +767,10 @@ def _info(loaded: FileType) -> _MutagenInfo:
 
 
 def _parse_ogg(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
+    from mutagen.oggflac import OggFLAC
+    from mutagen.oggopus import OggOpus
+    from mutagen.oggvorbis import OggVorbis
+
     reader.seek(0)
     if sniffed.format == "ogg_vorbis":
         info = _info(OggVorbis(reader))  # type: ignore[no-untyped-call]
@@ -794,6 +798,9 @@ _MP4_CODECS = {
 
 
 def _parse_mp4(reader: _BudgetReader, sniffed: _Sniffed) -> _Parsed:
+    from mutagen.mp4 import MP4Info
+    from mutagen.mp4._atom import Atoms
+
     # MP4Info alone, not mutagen.mp4.MP4: the latter also loads tags, cover art included.
     reader.seek(0)
     atoms = Atoms(reader)
@@ -814,6 +821,8 @@ def _mp4_aac_declared_channels(atoms: Any, reader: _BudgetReader) -> int | None:
     which ffmpeg and others set to 2 whatever the stream holds. The config's own count is
     what decoders (and ffprobe) report, so it wins.
     """
+    from mutagen.mp4._as_entry import ES_Descriptor
+
     for trak in atoms[b"moov"].findall(b"trak"):
         ok, hdlr = trak[b"mdia", b"hdlr"].read(reader)
         if ok and hdlr[8:12] == b"soun":

@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hashlib
 import io
 import time
@@ -84,9 +85,16 @@ import structlog
 
 from app.errors import ChecksumMismatch
 from app.uploads import buffer_budget, leasing, sha256_state
-from app.uploads.assembly import abort_quietly, first_service_error, read_part_body
+from app.uploads.assembly import PartData, abort_quietly, cut_part, first_service_error
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
-from app.uploads.ports import ChunkStaging, Lease, LeaseStore, MultipartObjectStore, SessionStore
+from app.uploads.ports import (
+    ChunkStaging,
+    Hasher,
+    Lease,
+    LeaseStore,
+    MultipartObjectStore,
+    SessionStore,
+)
 from app.uploads.sha256_state import Sha256
 
 log = structlog.get_logger(__name__)
@@ -318,12 +326,17 @@ class PrefixDigest:
         return self.hashed
 
 
-def _read_part(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
-    stream.seek(part.start)
-    body, size = read_part_body(stream, part.size_bytes)
+def _replaced_under_us(error: OSError) -> bool:
+    """A staged chunk file removed, or replaced, by a re-send of its chunk."""
+    return isinstance(error, FileNotFoundError) or error.errno == errno.ESTALE
+
+
+def _cut_part(stream: BinaryIO, part: PlannedPart, hasher: Hasher | None) -> PartData:
+    data, size = cut_part(stream, part.start, part.size_bytes, hasher)
     if size != part.size_bytes:
+        data.close()
         raise OSError(f"staged data ends before part {part.part_number}")
-    return body
+    return data
 
 
 class EagerFlusher:
@@ -535,12 +548,21 @@ class EagerFlusher:
                             data, checkpoint = await asyncio.to_thread(
                                 self._read_and_hash, stream, part, digest
                             )
+                        except OSError as error:
+                            self._buffers.release()
+                            if not _replaced_under_us(error):
+                                raise
+                            # A chunk of this part was re-sent since the chunks were
+                            # listed (its old file is gone): list them again.
+                            self._dirty.add(session_id)
+                            break
                         except BaseException:
                             self._buffers.release()
                             raise
                         stored = recorded.get(part.part_number)
                         if stored is not None and stored.holds(part):
                             self._buffers.release()  # read only to extend the hash
+                            data.close()
                             del data
                             if checkpoint is not None and stored.checkpoint != checkpoint:
                                 # Its saved state was computed on an older layout of the
@@ -590,13 +612,24 @@ class EagerFlusher:
         upload_id: str,
         key: str,
         part: PlannedPart,
-        data: io.BytesIO,
+        data: PartData,
         checkpoint: HashCheckpoint | None,
         fence: Lease | None = None,
     ) -> None:
         try:
             etag = await self.objects.upload_part(key, upload_id, part.part_number, data)
+        except Exception:
+            if isinstance(data, io.BytesIO) or await asyncio.to_thread(data.intact):
+                raise
+            # A chunk of this part was re-sent while it was on its way, and the file it
+            # was read from is gone: not a storage failure. The next pass sends the part
+            # again with the chunk as it is now (as for a part sent whole before the
+            # re-send, whose row the next pass finds outdated).
+            log.info("upload.eager_part_superseded", session_id=session_id, part=part.part_number)
+            self._dirty.add(session_id)
+            return
         finally:
+            data.close()
             del data
             self._buffers.release()
         await self.parts.record_part(
@@ -610,13 +643,12 @@ class EagerFlusher:
     @staticmethod
     def _read_and_hash(
         stream: BinaryIO, part: PlannedPart, digest: PrefixDigest
-    ) -> tuple[io.BytesIO, HashCheckpoint | None]:
-        data = _read_part(stream, part)
-        if part.part_number == digest.hashed + 1:
-            state = digest.state()
-            with data.getbuffer() as view:
-                state.update(view)
-            digest.extend(part, state)
+    ) -> tuple[PartData, HashCheckpoint | None]:
+        if part.part_number != digest.hashed + 1:
+            return _cut_part(stream, part, None), digest.checkpoint(part.part_number)
+        state = digest.state()
+        data = _cut_part(stream, part, state)
+        digest.extend(part, state)
         return data, digest.checkpoint(part.part_number)
 
     def _target_from_head(
@@ -770,19 +802,16 @@ class EagerFlusher:
         sent = 0
         slots = buffer_budget.slots(self._concurrency, self._part_size_bytes)
 
-        def read(stream: BinaryIO, part: PlannedPart) -> io.BytesIO:
-            data = _read_part(stream, part)
-            if part.part_number > hashed:
-                with data.getbuffer() as view:
-                    state.update(view)
-            return data
+        def read(stream: BinaryIO, part: PlannedPart) -> PartData:
+            return _cut_part(stream, part, state if part.part_number > hashed else None)
 
-        async def send(part: PlannedPart, data: io.BytesIO) -> None:
+        async def send(part: PlannedPart, data: PartData) -> None:
             try:
                 etags[part.part_number] = await self.objects.upload_part(
                     key, upload_id, part.part_number, data
                 )
             finally:
+                data.close()
                 slots.release()
 
         started = time.perf_counter()
@@ -791,8 +820,13 @@ class EagerFlusher:
             async with asyncio.TaskGroup() as group:
                 for part in work:
                     await slots.acquire()
-                    data = await asyncio.to_thread(read, stream, part)
+                    try:
+                        data = await asyncio.to_thread(read, stream, part)
+                    except BaseException:
+                        slots.release()
+                        raise
                     if part.part_number in etags:
+                        data.close()
                         slots.release()
                         continue
                     sent += 1

@@ -18,11 +18,11 @@ paused past its lease (GC, a frozen VM) can no longer write. Usage:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from app.uploads.models import SessionState, StagedFile, StoredChunk, UploadSession
 
@@ -59,10 +59,18 @@ class SessionStore(Protocol):
         expires_at: datetime,
         max_session_bytes: int,
         release: Lease | None = None,
+        admit: Callable[[UploadSession], None] | None = None,
+        place: Callable[[], None] | None = None,
     ) -> ChunkRecordResult:
         """Add or replace a chunk record if the session is still uploading and stays
         within `max_session_bytes`; returns the record it replaced. With `release`, only
-        while that lease is still held, and it is released in the same transaction."""
+        while that lease is still held, and it is released in the same transaction.
+
+        `admit` is called with the session as the transaction sees it, before anything
+        is written, and refuses the chunk by raising (nothing is recorded; the error
+        propagates). `place` (blocking) puts the chunk's bytes where `chunk.file_name`
+        says, once nothing but the insert is left: the chunk is in place before its record
+        commits. Both may run in the database's thread, never on the event loop."""
         ...
 
     async def create_within_limit(
@@ -145,10 +153,25 @@ class ChunkWriter(Protocol):
     async def discard(self) -> None: ...
 
 
+ChunkPlacement = tuple[str, Callable[[], None]]
+"""(file name, blocking move): what `adopt` would do, for a caller to run in a thread
+hand-off it makes anyway (the chunk's record); the move raises like `adopt`."""
+
+
+@runtime_checkable
+class PlacesChunks(Protocol):
+    """A staging whose `adopt` is a local rename, so it can be run in another hand-off."""
+
+    def placement(self, session_id: str, staged: StagedFile, index: int) -> ChunkPlacement: ...
+
+
 class ChunkStaging(Protocol):
     """Local files that hold chunks until completion."""
 
-    def new_writer(self, *, max_bytes: int) -> ChunkWriter: ...
+    def new_writer(self, *, max_bytes: int, block_bytes: int = ...) -> ChunkWriter:
+        """`block_bytes`: how much the writer gathers per hand-off to its disk thread (it
+        holds at most two blocks); the store's default unless a caller asks for more."""
+        ...
 
     async def adopt(self, session_id: str, staged: StagedFile, index: int) -> str:
         """Atomically move a finished temp file into the session; returns its file name."""
@@ -175,13 +198,54 @@ class ChunkStaging(Protocol):
     async def check(self) -> None: ...
 
 
+@runtime_checkable
+class PartBody(Protocol):
+    """A part that stays in staging while it is sent (nothing of it held in memory).
+
+    It is never read itself: each send attempt reads it through a reader of its own
+    (`open_reader`), so a retry never shares a position with an attempt that was cut off
+    and whose read may still be running in a worker thread. Every reader yields the same
+    bytes, those `hash_into` hashed. `close` ends every reader it opened."""
+
+    @property
+    def size_bytes(self) -> int: ...
+
+    def hash_into(self, hasher: Hasher) -> None:
+        """Feed the bytes, in order, to `hasher` (blocking I/O)."""
+        ...
+
+    def open_reader(self) -> BinaryIO: ...
+
+    def intact(self) -> bool:
+        """Whether every file it reads is still the one it was cut from (blocking I/O):
+        False once a re-sent chunk has replaced one of them."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Hasher(Protocol):
+    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+
+
+@runtime_checkable
+class RangedStream(Protocol):
+    """What `open_assembled` returns where staging can send a part without reading it
+    into memory first (disk staging; S3 staging reads parts into buffers)."""
+
+    def staged_range(self, start: int, size_bytes: int) -> PartBody:
+        """Bytes [start, start + size_bytes) of the stream, fewer only at its end
+        (blocking I/O)."""
+        ...
+
+
 class MultipartObjectStore(Protocol):
     """An S3-style multipart upload. Errors are raised as StorageUnavailable."""
 
     async def start(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str: ...
 
     async def upload_part(
-        self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO
+        self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO | PartBody
     ) -> str: ...
 
     async def finish(self, key: str, upload_id: str, etags: Sequence[str]) -> None: ...

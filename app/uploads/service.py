@@ -21,6 +21,7 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import mimetypes
 import time
@@ -85,6 +86,7 @@ from app.uploads.ports import (
     LeaseStore,
     MultipartObjectStore,
     OutboxEvent,
+    PlacesChunks,
     SessionStore,
 )
 
@@ -92,6 +94,10 @@ log = structlog.get_logger(__name__)
 
 # How often a `complete` waiting for another holder's lease looks again.
 LEASE_POLL_SECONDS = 0.25
+# A tus/IETF append hands its staging writer's thread 1 MiB at a time rather than the
+# store's default (256 KiB, kept for chunks: many at once, each under two blocks): a
+# quarter of the hand-offs per piece; one append holds at most two blocks (2 MiB).
+APPEND_WRITE_BLOCK_BYTES = 1024 * 1024
 
 # Content types by extension, used until the bytes themselves are inspected.
 _EXTENSION_CONTENT_TYPES = {
@@ -175,6 +181,8 @@ class UploadService:
         self.leases: LeaseStore = leases if leases is not None else leasing.MemoryLeaseStore()
         # Writes are fenced in the store only when the leases live in the same database.
         self._fenced = leases is not None
+        # A local staging's rename runs in the chunk record's own hand-off.
+        self._places: PlacesChunks | None = staging if isinstance(staging, PlacesChunks) else None
         # Eager flush (issue 7): parts go to S3 while chunks arrive; off without a PartStore.
         self.eager: EagerFlusher | None = None
         if parts is not None and policy.eager_flush:
@@ -253,7 +261,9 @@ class UploadService:
 
     def new_append_writer(self) -> ChunkWriter:
         """A staging writer for one piece of a byte-stream append (tus, IETF)."""
-        return self.staging.new_writer(max_bytes=self._append_piece_bytes)
+        return self.staging.new_writer(
+            max_bytes=self._append_piece_bytes, block_bytes=APPEND_WRITE_BLOCK_BYTES
+        )
 
     @property
     def _append_piece_bytes(self) -> int:
@@ -261,13 +271,31 @@ class UploadService:
 
     async def check_can_receive(self, principal: Principal, session_id: str) -> UploadSession:
         """Fails fast, before any chunk byte is read, when the chunk would be refused."""
-        session = await self._owned(principal, session_id)
+        session = await self.store.get(session_id)
+        if session is None:
+            raise SessionNotFound()
+        self._check_receiving(principal, session)
+        return session
+
+    def _check_receiving(self, principal: Principal, session: UploadSession) -> None:
+        """`check_can_receive` on a session already read (blocking-safe: may run in the
+        database's thread, inside the chunk's record transaction)."""
+        self._check_owner(principal, session)
         state = session.effective_state(self._clock())
         if state is SessionState.EXPIRED:
             raise SessionExpired()
         if state is not SessionState.UPLOADING:
             raise SessionNotAcceptingChunks(details={"state": state.value})
-        return session
+
+    def _check_chunk(
+        self, session: UploadSession, index: int, staged: StagedFile, chunk_sha256: str | None
+    ) -> None:
+        self._check_index(session, index)
+        if chunk_sha256 is not None and chunk_sha256.lower() != staged.sha256:
+            raise ChecksumMismatch(
+                "The chunk's SHA-256 does not match chunk_sha256; the chunk was discarded.",
+                details={"expected": chunk_sha256.lower(), "actual": staged.sha256},
+            )
 
     async def accept_chunk(
         self,
@@ -284,21 +312,37 @@ class UploadService:
         """Make a fully written temp file chunk `index` of the session, replacing any
         earlier one. On any refusal the temp file is removed. `checked`: the session as
         `check_can_receive` returned it before the bytes were read, which saves reading
-        it again (its state is re-checked atomically when the chunk is recorded).
-        `release`: the writer's lease, released with the record, which commits only while
-        the lease is still held (UploadLocked otherwise)."""
+        it again (its state is re-checked atomically when the chunk is recorded); without
+        it, and with a staging that renames locally, the session is checked inside the
+        chunk's record transaction instead (the same checks, the same errors, one
+        database hand-off less). `release`: the writer's lease, released with the record,
+        which commits only while the lease is still held (UploadLocked otherwise)."""
+        admit: Callable[[UploadSession], None] | None = None
+        place: Callable[[], None] | None = None
+        placed = False
         try:
             if checked is not None and checked.id == session_id:
-                session = checked
-            else:
+                self._check_chunk(checked, index, staged, chunk_sha256)
+            elif self._places is None:
                 session = await self.check_can_receive(principal, session_id)
-            self._check_index(session, index)
-            if chunk_sha256 is not None and chunk_sha256.lower() != staged.sha256:
-                raise ChecksumMismatch(
-                    "The chunk's SHA-256 does not match chunk_sha256; the chunk was discarded.",
-                    details={"expected": chunk_sha256.lower(), "actual": staged.sha256},
-                )
-            file_name = await self.staging.adopt(session_id, staged, index)
+                self._check_chunk(session, index, staged, chunk_sha256)
+            else:
+
+                def admit(session: UploadSession) -> None:
+                    self._check_receiving(principal, session)
+                    self._check_chunk(session, index, staged, chunk_sha256)
+
+            if self._places is None:
+                file_name = await self.staging.adopt(session_id, staged, index)
+                placed = True
+            else:
+                file_name, move = self._places.placement(session_id, staged, index)
+
+                def place() -> None:
+                    nonlocal placed
+                    move()
+                    placed = True
+
         except BaseException:
             await self.staging.remove_temp(staged)
             raise
@@ -314,12 +358,20 @@ class UploadService:
                 expires_at=self._expiry_from(now),
                 max_session_bytes=self.policy.max_file_size,
                 release=release,
+                admit=admit,
+                place=place,
             )
         except BaseException:
-            await self.staging.remove_chunk(session_id, file_name)
+            if placed:
+                await self.staging.remove_chunk(session_id, file_name)
+            else:
+                await self.staging.remove_temp(staged)
             raise
         if recorded.outcome is not ChunkRecordOutcome.RECORDED:
-            await self.staging.remove_chunk(session_id, file_name)
+            if placed:
+                await self.staging.remove_chunk(session_id, file_name)
+            else:
+                await self.staging.remove_temp(staged)
             if recorded.outcome is ChunkRecordOutcome.LEASE_LOST:
                 raise UploadLocked("This request lost the upload to another request.")
             if recorded.outcome is ChunkRecordOutcome.SESSION_TOO_LARGE:
@@ -386,6 +438,11 @@ class UploadService:
         make_writer = new_writer or self.new_append_writer
         digest = hashlib.new(checksum.algorithm) if checksum is not None else None
         held_back: list[StagedFile] = []
+        # A whole piece waits here until the body either goes on (then it is recorded)
+        # or ends (then it is the last record, which releases the writer lease in its own
+        # transaction): a body that ends on a piece boundary (an 8 MiB PATCH, a whole file
+        # of whole parts) needs no transaction of its own to let the lease go.
+        full: StagedFile | None = None
         writer: ChunkWriter | None = None
         appended = 0
 
@@ -415,6 +472,9 @@ class UploadService:
             async for data in body:
                 view = memoryview(data)
                 while view:
+                    if full is not None:
+                        staged, full = full, None
+                        await record(staged)
                     if writer is None:
                         writer = make_writer()
                     piece = view[: piece_bytes - writer.size_bytes]
@@ -432,7 +492,10 @@ class UploadService:
                         if digest is not None:
                             held_back.append(staged)
                         else:
-                            await record(staged)
+                            full = staged
+            if full is not None:
+                staged, full = full, None
+                await record(staged, last=True)
             if writer is not None:
                 staged, writer = await writer.finish(), None
                 if staged.size_bytes and digest is not None:
@@ -449,6 +512,13 @@ class UploadService:
         except BaseException:
             if writer is not None:
                 await writer.discard()
+            if full is not None:
+                # It arrived whole before the body failed (only the wait for the next bytes
+                # can fail while one waits): kept, as it was before the wait. Its own
+                # refusal cleans up after itself and must not hide the first error.
+                staged, full = full, None
+                with contextlib.suppress(Exception):
+                    await record(staged, last=True)
             for staged in held_back:
                 await self.staging.remove_temp(staged)
             raise
@@ -904,12 +974,18 @@ class UploadService:
     # -------------------------------------------------------------------- helpers
     async def _owned(self, principal: Principal, session_id: str) -> UploadSession:
         session = await self.store.get(session_id)
+        if session is None:
+            raise SessionNotFound()
+        self._check_owner(principal, session)
+        return session
+
+    @staticmethod
+    def _check_owner(principal: Principal, session: UploadSession) -> None:
         # Another user's session is reported exactly like a missing one: no existence leak.
-        if session is None or session.owner_sub != principal.sub:
+        if session.owner_sub != principal.sub:
             raise SessionNotFound()
         if principal.file_id is not None and principal.file_id != session.main_service_file_id:
             raise Forbidden("The token's file_id claim does not match this upload.")
-        return session
 
     def _finished_outcome(self, session: UploadSession, now: datetime) -> CompletionOutcome | None:
         state = session.effective_state(now)

@@ -170,6 +170,35 @@ async def test_session_over_max_file_size_is_413(
         assert len(staged_files(settings)) == 2
 
 
+async def test_session_size_cap_is_exact_when_chunks_are_replaced(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    audio_wav: bytes,
+) -> None:
+    # The cap is checked against the session's running total: a replaced chunk's bytes
+    # leave it, a refused chunk's never enter it, whether it grows or shrinks the total.
+    settings = settings_factory(max_chunk_size=200_000, max_file_size=250_000)
+    async with running(create_app(settings)) as http:
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        for index in range(2):
+            assert (await api.chunk(session_id, index, audio_wav[:100_000])).status_code == 200
+        # 100,000 + 150,000: exactly the cap.
+        assert (await api.chunk(session_id, 1, audio_wav[:150_000])).status_code == 200
+        # One byte over it: refused, and the chunk it would have replaced stays.
+        assert_error(await api.chunk(session_id, 1, audio_wav[:150_001]), 413, "file_too_large")
+        assert_error(await api.chunk(session_id, 2, audio_wav[:1]), 413, "file_too_large")
+        status = (await api.status(session_id)).json()["data"]
+        assert (status["received_chunks"], status["received_bytes"]) == ([0, 1], 250_000)
+        # Shrinking a chunk makes room that a new chunk may take, to the byte.
+        assert (await api.chunk(session_id, 1, audio_wav[:50_000])).status_code == 200
+        assert (await api.chunk(session_id, 2, audio_wav[:100_000])).status_code == 200
+        assert_error(await api.chunk(session_id, 3, audio_wav[:1]), 413, "file_too_large")
+        status = (await api.status(session_id)).json()["data"]
+        assert (status["received_chunks"], status["received_bytes"]) == ([0, 1, 2], 250_000)
+        assert len(staged_files(settings)) == 3
+
+
 async def test_resent_chunk_replaces_the_old_one(
     api: UploadApi, audio_wav: bytes, settings: Settings
 ) -> None:
@@ -287,3 +316,109 @@ async def test_empty_body_stream_is_422(api: UploadApi) -> None:
     )
     assert response.status_code == 422
     assert isinstance(response, httpx.Response)
+
+
+def one_piece(fields: dict[str, str], data: bytes) -> tuple[bytes, str]:
+    """A chunk form as one body: the server gets the whole chunk part in one piece."""
+    boundary = "onepieceboundary5a1c"
+    head = "".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        for name, value in fields.items()
+    )
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="chunk"; filename="blob"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    )
+    body = head.encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+async def test_a_chunk_that_arrives_whole_gets_the_same_answers(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, audio_wav: bytes
+) -> None:
+    # A chunk part that arrives in one piece is checked against its session inside its
+    # record's transaction instead of before its bytes are read: every answer must be the
+    # one the same request gets when its bytes arrive in pieces (the session checked
+    # first), and nothing may stay staged after a refusal.
+    settings = settings_factory(max_chunks=100)
+    async with running(create_app(settings)) as http:
+        api = UploadApi(http, keypair)
+        uploads = http._transport.app.state.container.uploads  # type: ignore[attr-defined]
+        early_checks = 0
+        check_can_receive = uploads.check_can_receive
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            nonlocal early_checks
+            early_checks += 1
+            return await check_can_receive(*args, **kwargs)
+
+        uploads.check_can_receive = counted
+        open_id, aborted_id = await api.session(), await api.session()
+        assert (await api.abort(aborted_id)).status_code == 200
+        unknown = "6f1c9d8e-7a55-4c1e-9f4e-0d2b1a3c5e7f"
+        data = audio_wav[:1000]
+        cases: list[tuple[str, dict[str, str], dict[str, str]]] = [
+            ("stored", {"upload_session_id": open_id, "chunk_index": "3"}, api.headers()),
+            ("intruder", {"upload_session_id": open_id, "chunk_index": "0"}, api.headers("x")),
+            ("unknown", {"upload_session_id": unknown, "chunk_index": "0"}, api.headers()),
+            ("aborted", {"upload_session_id": aborted_id, "chunk_index": "0"}, api.headers()),
+            ("index", {"upload_session_id": open_id, "chunk_index": "100"}, api.headers()),
+            (
+                "checksum",
+                {"upload_session_id": open_id, "chunk_index": "1", "chunk_sha256": "0" * 64},
+                api.headers(),
+            ),
+            (
+                "file id",
+                {"upload_session_id": open_id, "chunk_index": "2"},
+                api.headers(file_id=7),
+            ),
+            # A field's own error comes after the session's refusal, in one piece too.
+            (
+                "intruder, bad index",
+                {"upload_session_id": open_id, "chunk_index": "abc"},
+                api.headers("x"),
+            ),
+            (
+                "aborted, bad checksum",
+                {"upload_session_id": aborted_id, "chunk_index": "0", "chunk_sha256": "xyz"},
+                api.headers(),
+            ),
+        ]
+        read_after = {"aborted", "intruder, bad index", "aborted, bad checksum"}
+        for name, fields, headers in cases:
+            early_checks = 0
+            in_pieces = await http.post(
+                "/upload/chunk", data=fields, files={"chunk": ("blob", data)}, headers=headers
+            )
+            assert early_checks == 1, name
+            body, content_type = one_piece(fields, data)
+            whole = await http.post(
+                "/upload/chunk", content=body, headers={**headers, "Content-Type": content_type}
+            )
+            # The whole chunk's session was not read before its record (a session that
+            # is not uploading is read after it, for the precise refusal).
+            assert early_checks == (2 if name in read_after else 1), name
+            assert (whole.status_code, whole.json()) == (in_pieces.status_code, in_pieces.json())
+        statuses = {}
+        for name, fields, headers in cases:
+            body, content_type = one_piece(fields, data)
+            response = await http.post(
+                "/upload/chunk", content=body, headers={**headers, "Content-Type": content_type}
+            )
+            error = response.json().get("error") or {"code": response.json()["status"]}
+            statuses[name] = (response.status_code, error["code"])
+        assert statuses == {
+            "stored": (200, "success"),
+            "intruder": (404, "session_not_found"),
+            "unknown": (404, "session_not_found"),
+            "aborted": (409, "session_not_accepting_chunks"),
+            "index": (422, "validation_error"),
+            "checksum": (422, "checksum_mismatch"),
+            "file id": (403, "forbidden"),
+            "intruder, bad index": (404, "session_not_found"),
+            "aborted, bad checksum": (409, "session_not_accepting_chunks"),
+        }
+        status = (await api.status(open_id)).json()["data"]
+        assert status["received_chunks"] == [3]
+        assert len(staged_files(settings)) == 1

@@ -124,6 +124,7 @@ async def test_a_chunk_record_keeps_the_session_within_its_size(engine: AsyncEng
     it would have replaced stays."""
     store = SqlSessionStore(engine)
     session_id = await new_session(engine)
+
     def chunk(index: int, size: int, name: str) -> StoredChunk:
         return StoredChunk(index=index, size_bytes=size, sha256="0" * 64, file_name=name)
 

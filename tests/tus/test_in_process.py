@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from app.dev.keys import KeyPair
 from app.main import create_app
 from app.settings import Settings
+from app.storage.resumable import APPEND_LEASE, SqlUploadLocks
+from app.storage.staging import DiskChunkWriter, DiskStaging
+from app.uploads.models import StagedFile
+from app.uploads.ports import Lease
 from tests.conftest import running
 from tests.notify.receiver import Receiver
 
@@ -134,3 +139,123 @@ async def test_bad_creation_headers_get_a_clear_4xx(
         assert response.status_code == status, response.text
         assert response.json()["status"] == "error"
         assert response.headers["Tus-Resumable"] == "1.0.0"
+
+
+async def test_a_patch_ending_on_a_piece_boundary_releases_its_lease_with_the_record(
+    settings_factory: Callable[..., Settings], keypair: KeyPair
+) -> None:
+    """A PATCH of exactly one part is one whole piece: its record lets the writer lease
+    go in the same transaction (no release of its own), and the next writer finds the
+    lease free at once."""
+    piece = 5 * 1024 * 1024
+    settings = settings_factory(s3_part_size_bytes=piece, eager_flush=False)
+    headers = {**TUS, "Authorization": f"Bearer {keypair.token('user-5', file_id=6)}"}
+    app = create_app(settings)
+    async with running(app) as http:
+        locks = app.state.container.upload_locks
+        released_alone: list[object] = []
+        release = locks.release
+
+        async def counted_release(lease: Lease) -> None:
+            released_alone.append(lease)
+            await release(lease)
+
+        locks.release = counted_release
+        created = await http.post(
+            "/files/",
+            headers={
+                **headers,
+                "Upload-Length": str(2 * piece + 1),
+                "Upload-Metadata": _metadata(filename="memo.wav"),
+            },
+        )
+        assert created.status_code == 201, created.text
+        for offset in (0, piece):
+            patched = await http.patch(
+                created.headers["Location"],
+                content=bytes(piece),
+                headers={
+                    **headers,
+                    "Upload-Offset": str(offset),
+                    "Content-Type": "application/offset+octet-stream",
+                },
+            )
+            assert patched.status_code == 204, patched.text
+            assert patched.headers["Upload-Offset"] == str(offset + piece)
+        assert released_alone == []
+        session_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+        assert await locks.acquire(session_id, ttl_seconds=5) is not None
+
+
+async def test_a_patch_whose_lease_was_taken_over_leaves_no_file_behind(
+    settings_factory: Callable[..., Settings], keypair: KeyPair
+) -> None:
+    """A writer whose lease another request took over while its body arrived is refused
+    (423) by its record, and its piece never reached the session directory: the rename
+    into it runs in the record's transaction, after the lease check, so no file is ever
+    there without its row (a crash cannot leave one behind either)."""
+    settings = settings_factory(eager_flush=False)
+    headers = {**TUS, "Authorization": f"Bearer {keypair.token('user-5', file_id=6)}"}
+    app = create_app(settings)
+    async with running(app) as http:
+        container = app.state.container
+        locks: SqlUploadLocks = container.upload_locks
+        staging: DiskStaging = container.staging
+        taken_over: list[Lease] = []
+        new_writer = staging.new_writer
+
+        def writer_then_taken_over(**kwargs: Any) -> DiskChunkWriter:
+            writer = new_writer(**kwargs)
+            finish = writer.finish
+
+            async def finish_then_taken_over() -> StagedFile:
+                # The piece is staged; now another request (a replica) takes the lease.
+                staged = await finish()
+                held = await locks.leases.current(session_id, APPEND_LEASE)
+                assert held is not None
+                await locks.release(held)
+                other = await locks.acquire(session_id, ttl_seconds=5)
+                assert other is not None
+                taken_over.append(other)
+                return staged
+
+            writer.finish = finish_then_taken_over  # type: ignore[method-assign]
+            return writer
+
+        removed_from_session: list[str] = []
+        remove_chunk = staging.remove_chunk
+
+        async def counted_remove_chunk(session_id: str, file_name: str) -> None:
+            removed_from_session.append(file_name)
+            await remove_chunk(session_id, file_name)
+
+        created = await http.post(
+            "/files/",
+            headers={
+                **headers,
+                "Upload-Length": str(2 * 1024 * 1024),
+                "Upload-Metadata": _metadata(filename="memo.wav"),
+            },
+        )
+        assert created.status_code == 201, created.text
+        session_id = created.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+        staging.new_writer = writer_then_taken_over  # type: ignore[method-assign]
+        staging.remove_chunk = counted_remove_chunk  # type: ignore[method-assign]
+        patched = await http.patch(
+            created.headers["Location"],
+            content=bytes(1024 * 1024),
+            headers={
+                **headers,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        assert patched.status_code == 423, patched.text
+        assert len(taken_over) == 1
+        assert removed_from_session == []  # never renamed, so nothing to take back
+        session_dir = staging.session_dir(session_id)
+        assert not session_dir.exists() or list(session_dir.iterdir()) == []
+        assert list(staging.incoming_dir.iterdir()) == []
+        assert await container.uploads.store.chunk_totals(session_id) == (0, 0)
+        # The new holder still holds it: the refused writer let nothing go.
+        assert await locks.acquire(session_id, ttl_seconds=5) is None
