@@ -61,6 +61,28 @@ def cut(
         return stream.staged_range(start, size)
 
 
+async def send_staged(
+    objects: S3MultipartStore,
+    staging: DiskStaging,
+    session_id: str,
+    chunks: list[StoredChunk],
+    part_size: int,
+    concurrency: int,
+    expected_sha256: str | None,
+) -> Any:
+    """The staged chunks sent as the object `streamed/<session id>`, as completion does."""
+    return await upload_in_parts(
+        objects,
+        lambda: staging.open_assembled(session_id, chunks),
+        key=f"streamed/{session_id}",
+        content_type="application/octet-stream",
+        metadata={},
+        part_size_bytes=part_size,
+        concurrency=concurrency,
+        expected_sha256=expected_sha256,
+    )
+
+
 async def test_every_reader_of_a_range_reads_the_hashed_bytes_on_its_own(
     staging: DiskStaging,
 ) -> None:
@@ -146,15 +168,8 @@ async def test_a_part_resent_after_a_cut_mid_part_stores_exactly_the_file(
     data = os.urandom(2 * PART_SIZE + 3 * MiB)
     chunks = await stage(staging, session_id, data, [3 * MiB, 3 * MiB + 1, 2 * MiB])
     proxy.drop_once_after_upstream_bytes = PART_SIZE + PART_SIZE // 2
-    assembled = await upload_in_parts(
-        objects,
-        lambda: staging.open_assembled(session_id, chunks),
-        key=f"streamed/{session_id}",
-        content_type="application/octet-stream",
-        metadata={},
-        part_size_bytes=PART_SIZE,
-        concurrency=1,
-        expected_sha256=hashlib.sha256(data).hexdigest(),
+    assembled = await send_staged(
+        objects, staging, session_id, chunks, PART_SIZE, 1, hashlib.sha256(data).hexdigest()
     )
     assert proxy.drops == 1
     assert proxy.seen[b"partNumber="] == 4  # three parts, one of them twice
@@ -177,16 +192,7 @@ async def test_parts_in_flight_hold_no_part_sized_buffers(
     chunks = await stage(staging, session_id, data, [16 * MiB])
     tracemalloc.start()
     try:
-        assembled = await upload_in_parts(
-            objects,
-            lambda: staging.open_assembled(session_id, chunks),
-            key=f"streamed/{session_id}",
-            content_type="application/octet-stream",
-            metadata={},
-            part_size_bytes=part_size,
-            concurrency=4,
-            expected_sha256=None,
-        )
+        assembled = await send_staged(objects, staging, session_id, chunks, part_size, 4, None)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
