@@ -390,7 +390,8 @@ class DiskStaging:
     def open_assembled(self, session_id: str, chunks: Sequence[StoredChunk]) -> BinaryIO:
         directory = self.session_dir(session_id)
         parts = [(directory / chunk.file_name, chunk.size_bytes) for chunk in chunks]
-        return AssembledReader(ConcatenatedReader(parts), buffer_size=ASSEMBLED_BUFFER_BYTES)
+        raw = ConcatenatedReader(parts, sha256s=[chunk.sha256 for chunk in chunks])
+        return AssembledReader(raw, buffer_size=ASSEMBLED_BUFFER_BYTES)
 
     async def check(self) -> None:
         def probe() -> None:
@@ -451,10 +452,15 @@ class PartsReader(io.RawIOBase, Generic[PartT]):
 
 
 class ConcatenatedReader(PartsReader[Path]):
-    """A seekable read-only view of several files one after another."""
+    """A seekable read-only view of several files one after another. With `sha256s` (the
+    hex SHA-256 the chunk writer computed for each file's bytes), a range that is exactly
+    one whole file knows its SHA-256 without reading it (`StagedRange.payload_sha256`)."""
 
-    def __init__(self, parts: Sequence[tuple[Path, int]]) -> None:
+    def __init__(
+        self, parts: Sequence[tuple[Path, int]], *, sha256s: Sequence[str] | None = None
+    ) -> None:
         super().__init__(parts)
+        self._sha256s = list(sha256s) if sha256s is not None else None
         self._open_index = -1
         self._fd = -1
 
@@ -505,7 +511,15 @@ class ConcatenatedReader(PartsReader[Path]):
                 raise OSError(errno.EIO, f"staged chunk {index} is shorter than recorded")
             segments.append(_Segment(path, within, length, _identity(found)))
             position += length
-        return StagedRange(segments)
+        known: str | None = None
+        if len(segments) == 1 and self._sha256s is not None:
+            index = self._part_at(start)
+            whole = segments[0]
+            if whole.offset == 0 and whole.size_bytes == self._parts[index][1] == whole.identity[2]:
+                # The whole of one chunk (a part the size of the client's chunks): the
+                # writer's own hash of exactly these bytes, checked by the identity above.
+                known = self._sha256s[index]
+        return StagedRange(segments, payload_sha256=known)
 
 
 class AssembledReader(io.BufferedReader):
@@ -551,11 +565,18 @@ class StagedRange:
     retry reads. All of them read the same bytes: a staged chunk file is never written
     again once in place (a re-sent chunk gets a file of its own), and every opening checks
     that the file is still the one the range was cut from (device, inode, size, mtime),
-    failing otherwise (a failed part is sent again later, never wrong)."""
+    failing otherwise (a failed part is sent again later, never wrong).
 
-    def __init__(self, segments: Sequence[_Segment]) -> None:
+    `payload_sha256`, when known, is the range's own SHA-256 (hex): SigV4 over plain http
+    signs it (app.storage.s3), which otherwise costs botocore one more read and hash of
+    the part on the event loop. Known from the start for a range that is one whole chunk
+    file (its writer hashed exactly those bytes), else computed by `hash_into(...,
+    payload_sha256=True)` in the same pass as the file's hash."""
+
+    def __init__(self, segments: Sequence[_Segment], *, payload_sha256: str | None = None) -> None:
         self._segments = tuple(segments)
         self.size_bytes = sum(segment.size_bytes for segment in self._segments)
+        self.payload_sha256 = payload_sha256
         self._readers: list[RangeReader] = []
         self._closed = False
 
@@ -563,7 +584,10 @@ class StagedRange:
         """Present so that botocore takes the range for a file-like body; never works."""
         raise io.UnsupportedOperation("a staged range is read through open_reader()")
 
-    def hash_into(self, hasher: _Hasher) -> None:
+    def hash_into(self, hasher: _Hasher, *, payload_sha256: bool = False) -> None:
+        """Feed the range's bytes to `hasher`; with `payload_sha256`, also hash them on
+        their own (from the same reads) unless that is known already."""
+        own = hashlib.sha256() if payload_sha256 and self.payload_sha256 is None else None
         buffer = bytearray(min(HASH_BLOCK_BYTES, max(1, self.size_bytes)))
         view = memoryview(buffer)
         for segment in self._segments:
@@ -576,9 +600,13 @@ class StagedRange:
                     if got <= 0:
                         raise OSError(errno.EIO, f"{segment.path.name} ended early")
                     hasher.update(view[:got])
+                    if own is not None:
+                        own.update(view[:got])
                     done += got
             finally:
                 os.close(fd)
+        if own is not None:
+            self.payload_sha256 = own.hexdigest()
 
     def intact(self) -> bool:
         for segment in self._segments:
@@ -592,7 +620,7 @@ class StagedRange:
     def open_reader(self) -> RangeReader:
         if self._closed:
             raise ValueError("the staged range is closed")
-        reader = RangeReader(self._segments)
+        reader = RangeReader(self._segments, payload_sha256=self.payload_sha256)
         self._readers.append(reader)
         return reader
 
@@ -622,10 +650,12 @@ class RangeReader(io.RawIOBase):
     """One send attempt's reader over a StagedRange: seekable (botocore measures the
     body and rewinds it after SigV4's hash), positional reads (os.pread) from one file
     descriptor at a time. A lock makes `close` wait for a read in flight, so a worker
-    thread still reading for an abandoned attempt never reads a reused descriptor."""
+    thread still reading for an abandoned attempt never reads a reused descriptor.
+    `payload_sha256`: its range's, when known (the S3 signer reads it from the body)."""
 
-    def __init__(self, segments: Sequence[_Segment]) -> None:
+    def __init__(self, segments: Sequence[_Segment], *, payload_sha256: str | None = None) -> None:
         self._segments = segments
+        self.payload_sha256 = payload_sha256
         self._starts: list[int] = []
         offset = 0
         for segment in segments:

@@ -210,8 +210,14 @@ class PartBody(Protocol):
     @property
     def size_bytes(self) -> int: ...
 
-    def hash_into(self, hasher: Hasher) -> None:
-        """Feed the bytes, in order, to `hasher` (blocking I/O)."""
+    @property
+    def payload_sha256(self) -> str | None:
+        """The part's own SHA-256 (hex) when known: SigV4 signs it over plain http."""
+        ...
+
+    def hash_into(self, hasher: Hasher, *, payload_sha256: bool = False) -> None:
+        """Feed the bytes, in order, to `hasher` (blocking I/O); with `payload_sha256`,
+        also make the part's own SHA-256 known, from the same reads."""
         ...
 
     def open_reader(self) -> BinaryIO: ...
@@ -252,6 +258,12 @@ class MultipartObjectStore(Protocol):
 
     async def list_parts(self, key: str, upload_id: str) -> list[int]:
         """The part numbers the store holds for an unfinished upload."""
+        ...
+
+    @property
+    def signs_payload(self) -> bool:
+        """Whether a part's request is signed with its body's SHA-256 (SigV4 over plain
+        http): a `PartBody` whose own SHA-256 is known then saves the store a pass."""
         ...
 
     async def abort(self, key: str, upload_id: str) -> None: ...
