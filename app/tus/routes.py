@@ -28,9 +28,12 @@ from app.resumable.requests import (
     append_body,
     complete_upload,
     has_body,
+    let_go,
     location,
+    open_upload,
     parse_upload_id,
 )
+from app.storage.resumable import OpenedUpload
 from app.tus.headers import (
     PATCH_CONTENT_TYPE,
     TUS_EXTENSIONS,
@@ -224,14 +227,22 @@ async def patch(
         raise UnsupportedMediaType(f"A PATCH body must be {PATCH_CONTENT_TYPE}.")
     offset = parse_offset(request.headers.get("upload-offset"), "Upload-Offset")
     uploads = container.uploads
-    session = await uploads.check_can_receive(principal, parse_upload_id(upload_id))
-    record = await container.resumable_records.get(session.id)
-    if record is None or record.protocol != PROTOCOL:
-        raise SessionNotFound()
-    if "upload-length" in request.headers:
-        length = parse_offset(request.headers["upload-length"], "Upload-Length")
-        session = await uploads.declare_size(principal, session.id, length)
-    new_offset = await _append(request, container, principal, session, offset, record.concat)
+    opened = await open_upload(container, principal, parse_upload_id(upload_id))
+    session = opened.session
+    try:
+        record = await container.resumable_records.get(session.id)
+        if record is None or record.protocol != PROTOCOL:
+            raise SessionNotFound()
+        if "upload-length" in request.headers:
+            length = parse_offset(request.headers["upload-length"], "Upload-Length")
+            session = await uploads.declare_size(principal, session.id, length)
+        checksum = parse_checksum(request.headers.get("upload-checksum"))
+    except BaseException:
+        await let_go(container, opened)
+        raise
+    new_offset = await _append(
+        request, container, principal, session, offset, record.concat, opened, checksum
+    )
     if (
         record.concat != "partial"
         and session.total_size is not None
@@ -262,9 +273,13 @@ async def _append(
     session: UploadSession,
     offset: int,
     concat: str | None,
+    opened: OpenedUpload | None = None,
+    checksum: tuple[str, bytes] | None = None,
 ) -> int:
-    """Stream the body into the upload at `offset` under the upload's writer lease."""
-    checksum = parse_checksum(request.headers.get("upload-checksum"))
+    """Stream the body into the upload at `offset` under the upload's writer lease
+    (`opened`: as `open_upload` found the upload, its checksum header already read)."""
+    if opened is None:
+        checksum = parse_checksum(request.headers.get("upload-checksum"))
     appended = await append_body(
         request,
         container,
@@ -274,6 +289,7 @@ async def _append(
         checksum=AppendChecksum(*checksum) if checksum is not None else None,
         flush_eagerly=concat != "partial",
         checked=session,
+        opened=opened,
     )
     return appended.offset
 
