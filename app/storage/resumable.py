@@ -165,11 +165,16 @@ class SqlUploadLocks:
         upload's chunk totals. A lease held by another request is left to the caller's
         usual wait (`lease` None)."""
         prepared = self._sqlite
-        holder = str(uuid.uuid4())
+        if prepared is None:
+            return None
         acquire = self.leases.sqlite_acquire(
-            session_id, APPEND_LEASE, holder=holder, now=self._clock(), ttl_seconds=ttl_seconds
+            session_id,
+            APPEND_LEASE,
+            holder=str(uuid.uuid4()),
+            now=self._clock(),
+            ttl_seconds=ttl_seconds,
         )
-        if prepared is None or acquire is None:
+        if acquire is None:
             return None
         by_id, totals = prepared
         sql, parameters, lease = acquire
