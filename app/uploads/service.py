@@ -394,6 +394,15 @@ class UploadService:
         return chunk
 
     # ------------------------------------------------- byte-stream appends (tus, IETF)
+    def receiving_check(self, principal: Principal) -> Callable[[UploadSession], None]:
+        """`check_can_receive`'s checks, for a session an appending request reads with
+        its writer lease (blocking-safe: runs in the database's thread)."""
+
+        def check(session: UploadSession) -> None:
+            self._check_receiving(principal, session)
+
+        return check
+
     async def append(
         self,
         principal: Principal,
@@ -407,6 +416,7 @@ class UploadService:
         new_writer: Callable[[], ChunkWriter] | None = None,
         checked: UploadSession | None = None,
         writer_lease: WriterLease | None = None,
+        totals: tuple[int, int] | None = None,
     ) -> int:
         """Append a byte stream at `offset` (which must be the bytes held now); returns
         the new offset.
@@ -424,12 +434,18 @@ class UploadService:
         before the writer lease was taken: used only once its length is fixed (nothing
         else of it can change under the lease that the record does not re-check).
         `writer_lease`: the caller's writer lease, released in the transaction of the
-        request's last record (one transaction less per request)."""
-        if checked is not None and checked.id == session_id and checked.total_size is not None:
+        request's last record (one transaction less per request). `totals`: the upload's
+        chunk count and bytes, read under the writer lease in the same transaction as
+        `checked` (so `checked` is used whatever its length)."""
+        if checked is not None and checked.id == session_id and totals is not None:
             session = checked
+            index, held = totals
         else:
-            session = await self.check_can_receive(principal, session_id)
-        index, held = await self.store.chunk_totals(session_id)
+            if checked is not None and checked.id == session_id and checked.total_size is not None:
+                session = checked
+            else:
+                session = await self.check_can_receive(principal, session_id)
+            index, held = await self.store.chunk_totals(session_id)
         if offset != held:
             raise OffsetMismatch(details={"offset": held})
         limit = session.total_size if session.total_size is not None else self.policy.max_file_size
