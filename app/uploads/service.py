@@ -257,6 +257,10 @@ class UploadService:
 
     # ---------------------------------------------------------------------- chunk
     def new_chunk_writer(self) -> ChunkWriter:
+        # A chunk's file only goes to `accept_chunk` (which places it in the record's
+        # hand-off) or `remove_temp`: a small one is written there, one hand-off less.
+        if self._places is not None:
+            return self._places.new_placed_writer(max_bytes=self.policy.max_chunk_size)
         return self.staging.new_writer(max_bytes=self.policy.max_chunk_size)
 
     def new_append_writer(self) -> ChunkWriter:
@@ -319,6 +323,7 @@ class UploadService:
         which commits only while the lease is still held (UploadLocked otherwise)."""
         admit: Callable[[UploadSession], None] | None = None
         place: Callable[[], None] | None = None
+        prepare: Callable[[], None] | None = None
         placed = False
         try:
             if checked is not None and checked.id == session_id:
@@ -337,6 +342,9 @@ class UploadService:
                 placed = True
             else:
                 file_name, move = self._places.placement(session_id, staged, index)
+                # A small chunk left unwritten by its writer is written in the record's
+                # hand-off, before its transaction begins.
+                prepare = self._places.held_write(staged)
 
                 def place() -> None:
                     nonlocal placed
@@ -360,6 +368,7 @@ class UploadService:
                 release=release,
                 admit=admit,
                 place=place,
+                prepare=prepare,
             )
         except BaseException:
             if placed:
