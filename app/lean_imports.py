@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from typing import Any
 
 _EXTRAS = ("rich", "pygments")
@@ -92,16 +93,34 @@ def _asyncio_ext_without_orm() -> None:
     except BaseException:
         del sys.modules[_ASYNCIO_EXT]
         raise
+    # As the import system does for a package it imports: `sqlalchemy.ext.asyncio.X` works.
+    setattr(sys.modules["sqlalchemy.ext"], "asyncio", package)  # noqa: B010
     for name in _ENGINE_NAMES:
         setattr(package, name, getattr(engine, name))
     for name in _RESULT_NAMES:
         setattr(package, name, getattr(result, name))
 
+    # Another thread asking for a name while the real __init__ runs waits for it; the
+    # __init__ itself looking one up (same thread) finds it or not, as in any import.
+    lock = threading.RLock()
+    state = "engine only"
+
     def complete(name: str) -> Any:
         # A name beyond the engine's: run the real __init__ (it imports the ORM) once.
-        del package.__getattr__
-        loader.exec_module(package)
-        return getattr(package, name)
+        nonlocal state
+        with lock:
+            if state == "engine only":
+                state = "completing"
+                try:
+                    loader.exec_module(package)
+                except BaseException:
+                    state = "engine only"  # raised as the import would; tried again later
+                    raise
+                state = "complete"
+        try:
+            return package.__dict__[name]
+        except KeyError:
+            raise AttributeError(f"module {_ASYNCIO_EXT!r} has no attribute {name!r}") from None
 
     package.__getattr__ = complete  # type: ignore[method-assign]
 
