@@ -106,6 +106,8 @@ class S3MultipartStore:
     async def open(self) -> None:
         settings = self._settings
         config = AioConfig(
+            # Also what lets `_sign_known_payloads` choose: left to botocore, its own
+            # choose-signer handler answers first and every part is hashed twice again.
             signature_version="s3v4",
             s3={
                 "addressing_style": settings.s3_addressing_style,

@@ -18,6 +18,7 @@ import pytest
 from app.dev.s3server import LocalS3Server
 from app.settings import Settings
 from app.storage.s3 import S3MultipartStore
+from app.storage.s3 import _KnownPayloadS3SigV4Auth as KnownPayloadSigner
 from app.storage.staging import AssembledReader, ConcatenatedReader, DiskStaging, StagedRange
 from app.uploads.assembly import upload_in_parts
 from app.uploads.models import StoredChunk
@@ -234,13 +235,19 @@ async def test_a_range_knows_its_own_sha256_only_when_it_is_one_whole_chunk_or_w
 @only_sqlite_settings
 @pytest.mark.parametrize("sign", ["auto", "never"])
 async def test_each_part_is_signed_with_the_sha256_of_the_bytes_it_sends(
-    staging: DiskStaging, settings_factory: Any, s3_server: LocalS3Server, s3: Any, sign: str
+    staging: DiskStaging,
+    settings_factory: Any,
+    s3_server: LocalS3Server,
+    s3: Any,
+    sign: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Over plain http every UploadPart carries its body's SHA-256 in the signed
     X-Amz-Content-SHA256, which AWS, MinIO and Ceph check against the body: a part that is
-    one chunk (part 1), one across chunks (part 2) and the tail (part 3, not hashed into
-    the file's hash here: botocore hashes it). `S3_SIGN_PAYLOAD=never`: unsigned, and no
-    part is hashed for it. A body that is not a staged range keeps botocore's hash."""
+    one chunk (part 1: the chunk writer's hash), one across chunks and the tail (parts 2
+    and 3: hashed in the worker thread's pass), each signed with the hash the flush knew,
+    not read and hashed again by botocore. `S3_SIGN_PAYLOAD=never`: unsigned, and no part
+    is hashed for it. A body that is not a staged range keeps botocore's hash."""
     settings: Settings = settings_factory(
         s3_endpoint_url=s3_server.endpoint_url, s3_sign_payload=sign
     )
@@ -253,6 +260,18 @@ async def test_each_part_is_signed_with_the_sha256_of_the_bytes_it_sends(
         sent[number] = request.headers["X-Amz-Content-SHA256"]
 
     objects.client.meta.events.register("before-send.s3.UploadPart", record)
+    # Which signatures used the part's known hash: botocore's own (a second read and
+    # hash on the event loop) would give the same header, so the header alone cannot tell.
+    known: list[str] = []
+    payload = KnownPayloadSigner.payload
+
+    def spy(signer: Any, request: Any) -> str:
+        value: str = payload(signer, request)
+        if value == getattr(request.body, "payload_sha256", None):
+            known.append(value)
+        return value
+
+    monkeypatch.setattr(KnownPayloadSigner, "payload", spy)
     try:
         assert objects.signs_payload is (sign == "auto")
         session_id = str(uuid.uuid4())
@@ -267,8 +286,10 @@ async def test_each_part_is_signed_with_the_sha256_of_the_bytes_it_sends(
             assert sent == {
                 n: hashlib.sha256(p).hexdigest().encode() for n, p in enumerate(parts, 1)
             }
+            assert len(known) == 3
         else:
             assert sent == {n: b"UNSIGNED-PAYLOAD" for n in (1, 2, 3)}
+            assert known == []
         stored = s3.get_object(Bucket=objects.bucket, Key=f"streamed/{session_id}")["Body"].read()
         assert stored == data
 
