@@ -76,12 +76,18 @@ class PlainJSONFileLoader(JSONFileLoader):  # type: ignore[misc]  # botocore is 
 class LeanLoader(Loader):  # type: ignore[misc]  # botocore is untyped
     """botocore's data loader, dropping a service model's documentation as it loads it."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._undocumented: set[tuple[str, str | None]] = set()
+
     def load_service_model(
         self, service_name: str, type_name: str, api_version: str | None = None
     ) -> Any:
-        # The base caches the model it returns: dropping in place leaves no full copy.
+        # The base caches the model it returns: dropping in place leaves no full copy,
+        # and a model it returns again was walked already.
         model = super().load_service_model(service_name, type_name, api_version)
-        if type_name == "service-2":
+        if type_name == "service-2" and (service_name, api_version) not in self._undocumented:
+            self._undocumented.add((service_name, api_version))
             # Not elsewhere: botocore requires it of a client context parameter.
             drop_documentation(model.get("operations"))
             drop_documentation(model.get("shapes"))
