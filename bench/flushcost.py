@@ -24,36 +24,22 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import uvloop
 
 import app
-from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server
-from app.settings import Settings
+from app.dev.s3server import LocalS3Server
 from app.storage.s3 import S3MultipartStore
 from app.storage.staging import DiskStaging
 from app.uploads.assembly import upload_in_parts
 from app.uploads.models import StoredChunk
 from bench.__main__ import GiB, MiB, median, wav_file
+from bench.partcopy import settings
 from bench.servers import Process
 
 PART = 8 * MiB
 SESSION = str(uuid.UUID(int=2))
-
-
-def settings(s3: LocalS3Server, bucket: str, sign: Literal["auto", "always", "never"]) -> Settings:
-    return Settings(
-        _env_file=None,
-        main_service_jwks_url="http://127.0.0.1/unused",  # required; never fetched here
-        expected_jwt_issuer="bench",
-        expected_jwt_audience="bench",
-        s3_bucket_name=bucket,
-        s3_endpoint_url=s3.endpoint_url,
-        s3_access_key=DEV_ACCESS_KEY,
-        s3_secret_key=DEV_SECRET_KEY,
-        s3_sign_payload=sign,
-    )
 
 
 def stage(staging: DiskStaging, total: int, chunk: int) -> tuple[list[StoredChunk], str]:
