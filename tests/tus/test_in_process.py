@@ -271,6 +271,24 @@ def _ietf_create_headers(auth: str) -> dict[str, str]:
     }
 
 
+async def _create_tus_upload(http: Any, headers: dict[str, str], length: int) -> str:
+    """POST /files/ for a `memo.wav` of `length` bytes; its URL."""
+    created = await http.post(
+        "/files/",
+        headers={
+            **headers,
+            "Upload-Length": str(length),
+            "Upload-Metadata": _metadata(filename="memo.wav"),
+        },
+    )
+    assert created.status_code == 201, created.text
+    return str(created.headers["Location"])
+
+
+def _session_of(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
 @pytest.mark.parametrize(
     ("refusal", "status"),
     [
@@ -296,18 +314,11 @@ async def test_a_patch_refused_after_opening_its_upload_lets_the_lease_go(
             created = await http.post(
                 "/files/", params={"filename": "memo.wav"}, headers=_ietf_create_headers(auth)
             )
+            assert created.status_code == 201, created.text
+            url = created.headers["Location"]
         else:
-            created = await http.post(
-                "/files/",
-                headers={
-                    **headers,
-                    "Upload-Length": "1000",
-                    "Upload-Metadata": _metadata(filename="memo.wav"),
-                },
-            )
-        assert created.status_code == 201, created.text
-        url = created.headers["Location"]
-        session_id = url.rstrip("/").rsplit("/", 1)[-1]
+            url = await _create_tus_upload(http, headers, 1000)
+        session_id = _session_of(url)
         patch_headers = {
             **headers,
             "Upload-Offset": "0",
@@ -343,17 +354,8 @@ async def test_opening_an_upload_checks_its_session_before_taking_anything(
         container = app.state.container
         locks: SqlUploadLocks = container.upload_locks
         uploads = container.uploads
-        created = await http.post(
-            "/files/",
-            headers={
-                **headers,
-                "Upload-Length": "1000",
-                "Upload-Metadata": _metadata(filename="memo.wav"),
-            },
-        )
-        assert created.status_code == 201, created.text
-        url = created.headers["Location"]
-        session_id = url.rstrip("/").rsplit("/", 1)[-1]
+        url = await _create_tus_upload(http, headers, 1000)
+        session_id = _session_of(url)
         patched = await http.patch(
             url,
             content=bytes(300),
