@@ -3,6 +3,7 @@ upload's writer lease, complete through the core, the upload's URL."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +46,9 @@ async def open_upload(container: Container, principal: Principal, session_id: st
 async def let_go(container: Container, opened: OpenedUpload) -> None:
     """The request was refused after `open_upload`: give back a lease it took."""
     if opened.lease is not None:
-        await container.upload_locks.release(opened.lease)
+        # Shielded as HeldUpload's own release: a client gone mid-refusal must not leave
+        # the upload locked until the lease lapses.
+        await asyncio.shield(container.upload_locks.release(opened.lease))
 
 
 async def append_body(
