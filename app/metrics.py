@@ -120,6 +120,10 @@ class Metrics:
         self._gauges: dict[str, _GaugeSpec] = {}
         self._snapshot: dict[str, GaugeValues] = {}
         registry.register(_SnapshotCollector(self))
+        # Each request's labelled children, looked up once per label values (bounded: the
+        # labels are): `labels()` builds and validates its key under a lock every call.
+        self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._received_children: dict[str, Counter] = {}
 
     # ---------------------------------------------------------------- gauges
     def add_gauge_provider(
@@ -175,10 +179,21 @@ class Metrics:
     def observe_request(
         self, *, method: str, route: str, status: int, duration_seconds: float, body_bytes: int
     ) -> None:
-        self.requests.labels(method=method, route=route, status=str(status)).inc()
-        self.request_seconds.labels(method=method, route=route).observe(duration_seconds)
+        key = (method, route, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method=method, route=route, status=str(status)),
+                self.request_seconds.labels(method=method, route=route),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(duration_seconds)
         if body_bytes:
-            self.received_bytes.labels(route=route).inc(body_bytes)
+            received = self._received_children.get(route)
+            if received is None:
+                received = self._received_children[route] = self.received_bytes.labels(route=route)
+            received.inc(body_bytes)
         if 200 <= status < 300 and method == "POST":
             if route == "/upload/chunk":
                 self.chunk_seconds.observe(duration_seconds)

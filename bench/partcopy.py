@@ -48,7 +48,8 @@ SESSION = str(uuid.UUID(int=1))  # staged keys name a session by its UUID
 VARIANTS = ("flush", "flush, unsigned", "copy", "copy + read")
 
 
-def settings(s3: LocalS3Server, bucket: str, sign: Literal["auto", "never"]) -> Settings:
+def settings(s3: LocalS3Server, bucket: str, sign: Literal["auto", "always", "never"]) -> Settings:
+    """The service's settings for a bench that drives its parts in-process (no JWT)."""
     return Settings(
         _env_file=None,
         main_service_jwks_url="http://127.0.0.1/unused",  # required; never fetched here

@@ -22,4 +22,6 @@ def _counting_writer(
 
 
 DiskStaging.new_writer = _counting_writer  # type: ignore[method-assign]
+# The chunk route's writer (its small chunks written by their placement): counting too.
+DiskStaging.new_placed_writer = _counting_writer  # type: ignore[method-assign]
 app = create_app()

@@ -20,6 +20,7 @@ from app.janitor import run_pass
 from app.main import create_app
 from app.uploads.models import utc_now
 from tests.conftest import running
+from tests.manual_janitor import settings_factory_without_janitor_loop  # noqa: F401
 from tests.processes import service_env, staged_files
 from tests.support import UploadApi, assert_error
 from tests.tcp_proxy import CuttableProxy

@@ -60,13 +60,22 @@ def test_a_chunk_trickled_past_the_grace_period_is_kept_and_acknowledged(
             f"Authorization: Bearer {token}\r\nContent-Type: {FORM_CONTENT_TYPE}\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode()
-        cut = len(body) // 2
+        sent = len(body) // 2
         with socket.create_connection(("127.0.0.1", service.port), timeout=30) as conn:
-            conn.sendall(head + body[:cut])
+            conn.sendall(head + body[:sent])
+
+            def staged_after_another_byte() -> list[Path]:
+                # Trickling: a byte per poll. The chunk's writer hands a full block to its
+                # thread (creating the temp file) once a piece after it arrives; the half
+                # body may have come as one piece.
+                nonlocal sent
+                if sent < len(body) - 1:
+                    conn.sendall(body[sent : sent + 1])
+                    sent += 1
+                return staged_files(staging, "incoming")
+
             (temp,) = wait_until(
-                lambda: staged_files(staging, "incoming"),
-                timeout_seconds=30,
-                what="the chunk's temp file",
+                staged_after_another_byte, timeout_seconds=30, what="the chunk's temp file"
             )
             # The janitor reclaims temp files older than the grace period: wait until
             # this one is, then for several passes that began after that.
@@ -83,7 +92,7 @@ def test_a_chunk_trickled_past_the_grace_period_is_kept_and_acknowledged(
                 what="janitor passes over the stale temp file",
             )
             assert temp.exists()
-            conn.sendall(body[cut:])
+            conn.sendall(body[sent:])
             response = b""
             while b"\r\n\r\n" not in response:
                 piece = conn.recv(65536)

@@ -26,6 +26,12 @@ async def test_the_client_works_and_the_session_keeps_only_its_services_endpoint
         await client.put_object(Bucket=bucket, Key="probe.bin", Body=b"lean")
         got = await client.get_object(Bucket=bucket, Key="probe.bin")
         assert await got["Body"].read() == b"lean"
+        # The model as loaded: plain dicts, no documentation in operations and shapes.
+        model = client.meta.service_model
+        assert model.operation_model("PutObject").documentation == ""
+        assert model.shape_for("PutObjectRequest").documentation == ""
+        raw = session.get_component("data_loader").load_service_model("s3", "service-2")
+        assert type(raw) is dict and type(raw["shapes"]) is dict
 
     resolver: Any = session._get_internal_component("endpoint_resolver")
     partitions = resolver._endpoint_data["partitions"]

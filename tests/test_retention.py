@@ -18,6 +18,7 @@ from app.settings import Settings
 from app.storage.tables import session_leases, upload_chunks, upload_parts
 from app.uploads.models import utc_now
 from tests.conftest import running
+from tests.manual_janitor import settings_factory_without_janitor_loop  # noqa: F401
 from tests.support import UploadApi, assert_error, split
 
 RETENTION_SECONDS = 3600

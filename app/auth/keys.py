@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import httpx
 import jwt
 import structlog
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
@@ -151,7 +150,7 @@ class JwksKeys:
             async with asyncio.timeout(self._fetch_timeout_seconds):
                 body = await self._download()
             keys = _usable_keys(body)
-        except (_FetchFailed, httpx.HTTPError, TimeoutError) as error:
+        except (_FetchFailed, TimeoutError) as error:
             reason = str(error) or type(error).__name__
             log.warning("auth.jwks_fetch_failed", url=self._url, reason=reason)
         except Exception as error:  # whatever the endpoint sent: a failed fetch, never a 500
@@ -164,18 +163,24 @@ class JwksKeys:
             self._inflight = None
 
     async def _download(self) -> bytes:
-        async with (
-            httpx.AsyncClient(timeout=self._fetch_timeout_seconds, trust_env=False) as client,
-            client.stream("GET", self._url, headers={"Accept": "application/json"}) as response,
-        ):
-            if response.status_code != 200:
-                raise _FetchFailed(f"HTTP status {response.status_code}")
-            body = bytearray()
-            async for piece in response.aiter_bytes():
-                body += piece
-                if len(body) > JWKS_MAX_BYTES:
-                    raise _FetchFailed("document over JWKS_MAX_BYTES")
-            return bytes(body)
+        # Imported here: a service verifying with a PEM key never loads httpx (~2 MB).
+        import httpx
+
+        try:
+            async with (
+                httpx.AsyncClient(timeout=self._fetch_timeout_seconds, trust_env=False) as client,
+                client.stream("GET", self._url, headers={"Accept": "application/json"}) as response,
+            ):
+                if response.status_code != 200:
+                    raise _FetchFailed(f"HTTP status {response.status_code}")
+                body = bytearray()
+                async for piece in response.aiter_bytes():
+                    body += piece
+                    if len(body) > JWKS_MAX_BYTES:
+                        raise _FetchFailed("document over JWKS_MAX_BYTES")
+                return bytes(body)
+        except httpx.HTTPError as error:
+            raise _FetchFailed(str(error) or type(error).__name__) from error
 
     async def close(self) -> None:
         flight = self._inflight

@@ -41,7 +41,9 @@ from app.resumable.requests import (
     append_body,
     complete_upload,
     has_body,
+    let_go,
     location,
+    open_upload,
     parse_upload_id,
 )
 from app.uploads.models import InitRequest, Principal, SessionState, UploadSession, utc_now
@@ -183,20 +185,25 @@ async def patch(
     uploads = container.uploads
     session_id = parse_upload_id(upload_id)
     try:
-        session = await uploads.check_can_receive(principal, session_id)
+        opened = await open_upload(container, principal, session_id)
     except SessionNotAcceptingChunks:
         current = await uploads.status(principal, session_id)
         if current.state is SessionState.COMPLETED:
             return _problem(version, container, 400, "completed-upload", "The upload is complete.")
         raise
-    await _own_record(container, session.id)
-    if "upload-length" in request.headers:
-        session = await uploads.declare_size(
-            principal, session.id, _int(request.headers["upload-length"], "Upload-Length")
-        )
+    session = opened.session
+    try:
+        await _own_record(container, session.id)
+        if "upload-length" in request.headers:
+            session = await uploads.declare_size(
+                principal, session.id, _int(request.headers["upload-length"], "Upload-Length")
+            )
+    except BaseException:
+        await let_go(container, opened)
+        raise
     try:
         appended = await append_body(
-            request, container, principal, session.id, offset, checked=session
+            request, container, principal, session.id, offset, checked=session, opened=opened
         )
     except OffsetMismatch as mismatch:
         expected = int((mismatch.details or {}).get("offset", 0))

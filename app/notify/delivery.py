@@ -18,12 +18,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import structlog
 
 from app.notify.outbox import Attempt, AttemptOutcome, ClaimedEvent, EventState, SqlOutbox
-from app.notify.sender import WebhookSender
 from app.uploads.models import utc_now
+
+if TYPE_CHECKING:  # the sender (and httpx) load only where webhooks are configured
+    from app.notify.sender import WebhookSender
 
 log = structlog.get_logger(__name__)
 

@@ -9,7 +9,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.notify.delivery import DeliveryLoop, DeliveryPolicy, OutboxNotifier
 from app.notify.outbox import SqlOutbox
-from app.notify.sender import WebhookSender, new_http_client
 from app.settings import Settings
 
 
@@ -27,6 +26,9 @@ async def build_notifier(
     """None when MAIN_SERVICE_NOTIFY_URL is unset: then no event is ever written."""
     if not settings.main_service_notify_url or settings.main_service_notify_secret is None:
         return None
+    # Imported here: without a webhook URL the process never loads httpx (~2 MB).
+    from app.notify.sender import WebhookSender, new_http_client
+
     client = new_http_client()
     stack.push_async_callback(client.aclose)
     sender = WebhookSender(

@@ -43,19 +43,29 @@ class HeldUpload:
         *,
         ttl_seconds: float,
         on_release_requested: Callable[[], None] = lambda: None,
+        taken: Lease | None = None,
+        taken_at: float = 0.0,
     ) -> None:
+        """`taken`: the lease, if the request already took it (with its first reads,
+        `SqlUploadLocks.open`) at `taken_at` (`time.monotonic()`)."""
         self._locks = locks
         self._session_id = session_id
         self._ttl = ttl_seconds
         self.on_release_requested = on_release_requested
-        self._lease: Lease | None = None
-        self._renewed_at = 0.0
+        self._lease: Lease | None = taken
+        self._renewed_at = taken_at
         self._lost = False
         self._released = False
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> HeldUpload:
+        if self._lease is not None:
+            due = self._renewed_at + self._ttl / 4 - time.monotonic()
+            self._timer = asyncio.get_running_loop().call_later(
+                max(due, 0.0), self._start_renewing, self._lease
+            )
+            return self
         deadline = time.monotonic() + self._ttl + 2
         asked = False
         while True:

@@ -87,17 +87,25 @@ class SqlLeaseStore:
             else None
         )
 
+    def sqlite_acquire(
+        self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
+    ) -> tuple[str, tuple[Any, ...], Lease] | None:
+        """On SQLite, the acquiring statement for a caller that runs it inside a
+        transaction of its own (one hand-off with other reads): its SQL, its parameters,
+        and the lease it takes if it returns a row (whose generation is the row's).
+        None on other databases."""
+        prepared = self._sqlite_acquire
+        if prepared is None:
+            return None
+        values = _acquire_values(session_id, name, holder, now, ttl_seconds)
+        lease = Lease(session_id, name, holder, 0, values["expires_at"])
+        return prepared.sql, prepared.parameters(values), lease
+
     async def acquire(
         self, session_id: str, name: str, *, holder: str, now: datetime, ttl_seconds: float
     ) -> Lease | None:
-        expires_at = now + timedelta(seconds=ttl_seconds)
-        values = {
-            "session_id": session_id,
-            "name": name,
-            "holder": holder,
-            "expires_at": expires_at,
-            "now": now,
-        }
+        values = _acquire_values(session_id, name, holder, now, ttl_seconds)
+        expires_at = values["expires_at"]
         if self._sqlite_acquire is not None:
             prepared = self._sqlite_acquire
             row = await sqlite_driver.run_on_connection(
@@ -148,6 +156,18 @@ class SqlLeaseStore:
     async def current(self, session_id: str, name: str) -> Lease | None:
         async with self.engine.connect() as conn:
             return await _read(conn, session_id, name)
+
+
+def _acquire_values(
+    session_id: str, name: str, holder: str, now: datetime, ttl_seconds: float
+) -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "name": name,
+        "holder": holder,
+        "expires_at": now + timedelta(seconds=ttl_seconds),
+        "now": now,
+    }
 
 
 def held_by(lease: Lease) -> ColumnElement[bool]:

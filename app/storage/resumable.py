@@ -13,17 +13,24 @@ the TTL.
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from app.errors import SessionNotFound
+from app.storage import sqlite_driver
 from app.storage.leases import SqlLeaseStore
+from app.storage.sql_store import _CHUNK_TOTALS, _SESSION_BY_ID, _session
 from app.storage.tables import resumable_uploads
-from app.uploads.models import utc_now
+from app.uploads.models import UploadSession, utc_now
 from app.uploads.ports import Lease, LeaseState, ResumableRecord
 
 R = resumable_uploads.c
@@ -87,10 +94,115 @@ class SqlResumableRecords:
 APPEND_LEASE = "append"
 
 
+@dataclasses.dataclass(frozen=True)
+class OpenedUpload:
+    """An upload as an appending request found it (`SqlUploadLocks.open`): the session,
+    checked; the writer lease if it was free (taken at `taken_at`, `time.monotonic()`);
+    and, read under that lease, the upload's chunk count and bytes."""
+
+    session: UploadSession
+    lease: Lease | None = None
+    taken_at: float = 0.0
+    totals: tuple[int, int] | None = None
+
+
+def _open_upload(
+    connection: sqlite3.Connection,
+    session_read: tuple[str, tuple[Any, ...]],
+    admit: Callable[[Any], UploadSession],
+    acquire: tuple[str, tuple[Any, ...]],
+    totals: tuple[str, tuple[Any, ...]],
+) -> tuple[UploadSession, Any, Any]:
+    """In the database thread, one IMMEDIATE transaction: the session's row, `admit`
+    (which refuses by raising: then nothing is taken), the lease's upsert, and only if
+    it took the lease, the chunk totals."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        session = admit(_one(connection, *session_read))
+        taken = _one(connection, *acquire)
+        held = _one(connection, *totals) if taken is not None else None
+        connection.commit()
+        return session, taken, held
+    except BaseException:
+        if connection.in_transaction:
+            connection.rollback()
+        raise
+
+
+def _one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
+    cursor = connection.execute(sql, parameters)
+    try:
+        return cursor.fetchone()
+    finally:
+        cursor.close()
+
+
 class SqlUploadLocks:
     def __init__(self, leases: SqlLeaseStore, *, clock: Callable[[], datetime] = utc_now) -> None:
         self.leases = leases
         self._clock = clock
+        engine = leases.engine
+        self._sqlite: tuple[sqlite_driver.Prepared, sqlite_driver.Prepared] | None = (
+            (
+                sqlite_driver.Prepared(_SESSION_BY_ID, engine.dialect),
+                sqlite_driver.Prepared(_CHUNK_TOTALS, engine.dialect),
+            )
+            if engine.dialect.name == "sqlite"
+            else None
+        )
+
+    async def open(
+        self,
+        session_id: str,
+        *,
+        ttl_seconds: float,
+        check: Callable[[UploadSession], None],
+    ) -> OpenedUpload | None:
+        """An appending request's first three reads in one hand-off to the database
+        thread (SQLite; None elsewhere: the caller makes them one by one): the session,
+        `check`ed as `UploadService.check_can_receive` checks it (its refusals raise,
+        before anything is taken), the writer lease if it is free, and under it the
+        upload's chunk totals. A lease held by another request is left to the caller's
+        usual wait (`lease` None)."""
+        prepared = self._sqlite
+        if prepared is None:
+            return None
+        acquire = self.leases.sqlite_acquire(
+            session_id,
+            APPEND_LEASE,
+            holder=str(uuid.uuid4()),
+            now=self._clock(),
+            ttl_seconds=ttl_seconds,
+        )
+        if acquire is None:
+            return None
+        by_id, totals = prepared
+        sql, parameters, lease = acquire
+
+        def admit(raw: Any) -> UploadSession:
+            if raw is None:
+                raise SessionNotFound()
+            session = _session(by_id.row(raw))  # type: ignore[arg-type]
+            check(session)
+            return session
+
+        started = time.monotonic()  # the lease's age counts from before it was taken
+        session, taken, held = await sqlite_driver.run_on_connection(
+            self.leases.engine,
+            _open_upload,
+            (by_id.sql, by_id.parameters({"session_id": session_id})),
+            admit,
+            (sql, parameters),
+            (totals.sql, totals.parameters({"session_id": session_id})),
+        )
+        if taken is None:
+            return OpenedUpload(session)
+        return OpenedUpload(
+            session,
+            dataclasses.replace(lease, generation=int(taken[0])),
+            started,
+            (int(held[0]), int(held[1])) if held is not None else (0, 0),
+        )
 
     async def acquire(self, session_id: str, *, ttl_seconds: float) -> Lease | None:
         return await self.leases.acquire(

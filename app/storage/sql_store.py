@@ -147,6 +147,7 @@ class _SqliteChunkPath:
         release: Lease | None,
         admit: Callable[[UploadSession], None] | None,
         place: Callable[[], None] | None,
+        prepare: Callable[[], None] | None = None,
     ) -> ChunkRecordResult:
         touch = self.touch if admit is None else self.touch_session
         key = {"session_id": session_id}
@@ -198,7 +199,7 @@ class _SqliteChunkPath:
                 admit(_session(row(raw)))  # type: ignore[arg-type]
 
         outcome, old = await sqlite_driver.run_on_connection(
-            self.engine, _record_chunk_sqlite, statements, touched, place
+            self.engine, _record_chunk_sqlite, statements, touched, place, prepare
         )
         replaced = _chunk(self.delete_at.row(old)) if old is not None else None  # type: ignore[arg-type]
         return ChunkRecordResult(outcome, replaced=replaced)
@@ -234,9 +235,12 @@ def _record_chunk_sqlite(
     record: _SqliteRecord,
     touched: Callable[[Sequence[Any]], None] | None,
     place: Callable[[], None] | None,
+    prepare: Callable[[], None] | None = None,
 ) -> tuple[ChunkRecordOutcome, Any]:
     """`SqlSessionStore.record_chunk`'s transaction, run in the database thread.
     `touched`: given the session row the touch returned (it refuses by raising)."""
+    if prepare is not None:
+        prepare()  # before BEGIN: file work never lengthens the database's write lock
     connection.execute("BEGIN IMMEDIATE")
     try:
         cursor = connection.execute(*record.touch)
@@ -278,6 +282,12 @@ def _record_chunk_sqlite(
         if connection.in_transaction:
             connection.rollback()
         raise
+
+
+def _in_order(*steps: Callable[[], None] | None) -> None:
+    for step in steps:
+        if step is not None:
+            step()
 
 
 def _lease_parameters(lease: Lease) -> dict[str, Any]:
@@ -322,12 +332,13 @@ class SqlSessionStore:
         release: Lease | None = None,
         admit: Callable[[UploadSession], None] | None = None,
         place: Callable[[], None] | None = None,
+        prepare: Callable[[], None] | None = None,
     ) -> ChunkRecordResult:
         """`release`: a lease this chunk's writer holds, lapsed in the same transaction
         (the writer's last record): the chunk commits only while the lease is still its
         holder's, so a writer that was replaced records nothing (LEASE_LOST). `admit`,
-        `place`: the port's (on SQLite both run in the database thread, in the one
-        hand-off of the whole transaction)."""
+        `place`, `prepare`: the port's (on SQLite all run in the database thread, in the
+        one hand-off of the whole transaction; `prepare` before it begins)."""
         if self._sqlite is not None:
             return await self._sqlite.record_chunk(
                 session_id,
@@ -338,7 +349,10 @@ class SqlSessionStore:
                 release=release,
                 admit=admit,
                 place=place,
+                prepare=prepare,
             )
+        if prepare is not None and place is None:
+            await asyncio.to_thread(prepare)
         async with self.engine.begin() as conn:
             parameters = {
                 "session_id": session_id,
@@ -384,7 +398,8 @@ class SqlSessionStore:
                 await conn.rollback()  # the replaced row stays
                 return ChunkRecordResult(ChunkRecordOutcome.SESSION_TOO_LARGE)
             if place is not None:
-                await asyncio.to_thread(place)
+                # `prepare` in the same hand-off: a row lock, not the database's, is held.
+                await asyncio.to_thread(_in_order, prepare, place)
             await conn.execute(
                 _INSERT_CHUNK,
                 {

@@ -32,9 +32,10 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Generic, NamedTuple, Protocol, TypeVar
 
@@ -43,6 +44,10 @@ from app.uploads.models import StagedFile, StoredChunk
 from app.uploads.ports import ChunkPlacement
 
 WRITE_BLOCK_BYTES = 256 * 1024
+# A chunk this small that arrived whole is hashed on the event loop (~70 µs at 64 KiB with
+# SHA-NI, less than a thread hand-off costs the loop) and written by its placement's move,
+# in the hand-off that renames it (and, on the chunk route, records it): one hand-off less.
+SMALL_CHUNK_BYTES = 64 * 1024
 FREE_SPACE_PROBE_BYTES = 1024 * 1024
 # writev takes at most IOV_MAX buffers per call.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
@@ -61,14 +66,30 @@ class DiskChunkWriter:
     gathered; a worker thread then hashes them and writes them with one writev. One block
     is in the thread while the next one gathers, so receiving and disk work overlap;
     memory per request stays under two blocks.
+
+    With `defer_bytes`, a chunk of at most that many bytes that is finished before any
+    block went to the thread is hashed on the event loop and left unwritten: the staging
+    keeps its bytes until the placement's move writes the temp file and renames it (the
+    same temp file, then rename; nothing half-written is ever under `sessions/`). Such a
+    writer also sends a full block to the thread only when the next piece arrives, so a
+    chunk that ends on a block's edge (every 1 MiB chunk) sends its last block with the
+    close: one hand-off less, for at most one piece more held.
     """
 
     def __init__(
-        self, staging: DiskStaging, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+        self,
+        staging: DiskStaging,
+        *,
+        max_bytes: int,
+        block_bytes: int = WRITE_BLOCK_BYTES,
+        defer_bytes: int = 0,
     ) -> None:
         self._staging = staging
         self._max_bytes = max_bytes
         self._block_bytes = block_bytes
+        self._defer_bytes = defer_bytes
+        self._deferred = False
+        self._send_late = defer_bytes > 0
         self._name = f"{uuid.uuid4().hex}.part"
         self._path = staging.incoming_dir / self._name
         self._fd = -1
@@ -87,9 +108,11 @@ class DiskChunkWriter:
             raise ChunkTooLarge(details={"max_chunk_size": self._max_bytes})
         self._staging.reserve(len(data), writer=self._name)
         self._size_bytes += len(data)
+        if self._send_late and self._pending_bytes >= self._block_bytes:
+            await self._send_block()  # more follows the full block: not the last one
         self._pending.append(data)
         self._pending_bytes += len(data)
-        if self._pending_bytes >= self._block_bytes:
+        if not self._send_late and self._pending_bytes >= self._block_bytes:
             await self._send_block()
 
     async def _send_block(self) -> None:
@@ -117,6 +140,13 @@ class DiskChunkWriter:
             raise _translate(error) from error
 
     async def finish(self) -> StagedFile:
+        if (
+            self._defer_bytes
+            and self._in_flight is None
+            and self._fd < 0
+            and self._pending_bytes <= self._defer_bytes
+        ):
+            return self._finish_unwritten()
         await self._wait_in_flight()
         # The last block and the close go to the thread together: one hand-off, not two
         # (a small chunk is all last block). Shielded like every block (discard waits).
@@ -127,6 +157,17 @@ class DiskChunkWriter:
         )
         await self._wait_in_flight()
         self._staging.writer_done(self._name)
+        return StagedFile(
+            file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
+        )
+
+    def _finish_unwritten(self) -> StagedFile:
+        block, self._pending, self._pending_bytes = self._pending, [], 0
+        for piece in block:
+            self._digest.update(piece)
+        # Still counted as being written (its reservation) until the move writes it.
+        self._staging.hold_unwritten(self._name, block, self._size_bytes)
+        self._deferred = True
         return StagedFile(
             file_name=self._name, size_bytes=self._size_bytes, sha256=self._digest.hexdigest()
         )
@@ -154,6 +195,12 @@ class DiskChunkWriter:
 
     async def discard(self) -> None:
         self._pending, self._pending_bytes = [], 0
+        if self._deferred:
+            # Nothing on disk: drop the held bytes (unless already written by a move, whose
+            # file the caller removes as any temp file), no thread hand-off.
+            self._staging.drop_unwritten(self._name)
+            self._size_bytes = 0
+            return
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is not None and not in_flight.done():
             # The thread must be done with the descriptor before the file can go.
@@ -223,6 +270,9 @@ class DiskStaging:
         # Incoming files still being written, and what their writers reserved so far: a
         # re-measure counts these by reservation, not by their size on disk at that moment.
         self._writing: dict[str, int] = {}
+        # Small finished chunks not written yet (`DiskChunkWriter(defer_bytes=...)`): their
+        # bytes and size, by temp file name, until their placement's move writes them.
+        self._unwritten: dict[str, tuple[list[bytes | memoryview], int]] = {}
         # The counter moves on the event loop and in worker threads.
         self._lock = threading.Lock()
 
@@ -331,6 +381,60 @@ class DiskStaging:
     ) -> DiskChunkWriter:
         return DiskChunkWriter(self, max_bytes=max_bytes, block_bytes=block_bytes)
 
+    def new_placed_writer(
+        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+    ) -> DiskChunkWriter:
+        """A writer whose chunk goes to `placement` (or `adopt`, or `remove_temp`) and
+        nowhere else: a small one is written by the placement's move (SMALL_CHUNK_BYTES)."""
+        return DiskChunkWriter(
+            self, max_bytes=max_bytes, block_bytes=block_bytes, defer_bytes=SMALL_CHUNK_BYTES
+        )
+
+    # --- small chunks written by their placement ---------------------------------------
+    def hold_unwritten(self, name: str, pieces: list[bytes | memoryview], size_bytes: int) -> None:
+        with self._lock:
+            self._unwritten[name] = (pieces, size_bytes)
+
+    def drop_unwritten(self, name: str) -> bool:
+        """Forget a held chunk (it will not be placed); False if there is none (any more)."""
+        with self._lock:
+            held = self._unwritten.pop(name, None)
+            if held is None:
+                return False
+            self._writing.pop(name, None)
+            self._used_bytes = max(0, self._used_bytes - held[1])
+        return True
+
+    def held_write(self, staged: StagedFile) -> Callable[[], None] | None:
+        name = Path(staged.file_name).name
+        with self._lock:
+            if name not in self._unwritten:
+                return None
+        return partial(self._write_unwritten, self.incoming_dir / name)
+
+    def _write_unwritten(self, path: Path) -> None:
+        """Blocking: write a held chunk's temp file (if it is one), as its writer would
+        have. On failure nothing of it is left, on disk or counted."""
+        with self._lock:
+            held = self._unwritten.pop(path.name, None)
+        if held is None:
+            return
+        pieces, size_bytes = held
+        try:
+            fd = _create(path)
+            try:
+                _write_all(fd, pieces)
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            path.unlink(missing_ok=True)
+            self.release(size_bytes)
+            raise _translate(error) from error
+        finally:
+            self.writer_done(path.name)
+
     def session_dir(self, session_id: str) -> Path:
         return self.sessions_dir / _session_dir_name(session_id)
 
@@ -347,6 +451,7 @@ class DiskStaging:
         source, target = self.incoming_dir / staged.file_name, target_dir / file_name
 
         def move() -> None:
+            self._write_unwritten(source)  # a held small chunk, unless `held_write` ran
             try:
                 os.replace(source, target)  # after its first chunk the directory exists: no mkdir
             except FileNotFoundError:
@@ -374,6 +479,8 @@ class DiskStaging:
         await asyncio.to_thread(self._unlink_counted, path)
 
     async def remove_temp(self, staged: StagedFile) -> None:
+        if self.drop_unwritten(Path(staged.file_name).name):
+            return  # never written: nothing on disk
         path = self.incoming_dir / Path(staged.file_name).name
         await asyncio.to_thread(self._unlink_counted, path)
 
@@ -390,7 +497,8 @@ class DiskStaging:
     def open_assembled(self, session_id: str, chunks: Sequence[StoredChunk]) -> BinaryIO:
         directory = self.session_dir(session_id)
         parts = [(directory / chunk.file_name, chunk.size_bytes) for chunk in chunks]
-        return AssembledReader(ConcatenatedReader(parts), buffer_size=ASSEMBLED_BUFFER_BYTES)
+        raw = ConcatenatedReader(parts, sha256s=[chunk.sha256 for chunk in chunks])
+        return AssembledReader(raw, buffer_size=ASSEMBLED_BUFFER_BYTES)
 
     async def check(self) -> None:
         def probe() -> None:
@@ -451,10 +559,15 @@ class PartsReader(io.RawIOBase, Generic[PartT]):
 
 
 class ConcatenatedReader(PartsReader[Path]):
-    """A seekable read-only view of several files one after another."""
+    """A seekable read-only view of several files one after another. With `sha256s` (the
+    hex SHA-256 the chunk writer computed for each file's bytes), a range that is exactly
+    one whole file knows its SHA-256 without reading it (`StagedRange.payload_sha256`)."""
 
-    def __init__(self, parts: Sequence[tuple[Path, int]]) -> None:
+    def __init__(
+        self, parts: Sequence[tuple[Path, int]], *, sha256s: Sequence[str] | None = None
+    ) -> None:
         super().__init__(parts)
+        self._sha256s = list(sha256s) if sha256s is not None else None
         self._open_index = -1
         self._fd = -1
 
@@ -505,7 +618,15 @@ class ConcatenatedReader(PartsReader[Path]):
                 raise OSError(errno.EIO, f"staged chunk {index} is shorter than recorded")
             segments.append(_Segment(path, within, length, _identity(found)))
             position += length
-        return StagedRange(segments)
+        known: str | None = None
+        if len(segments) == 1 and self._sha256s is not None:
+            index = self._part_at(start)
+            whole = segments[0]
+            if whole.offset == 0 and whole.size_bytes == self._parts[index][1] == whole.identity[2]:
+                # The whole of one chunk (a part the size of the client's chunks): the
+                # writer's own hash of exactly these bytes, checked by the identity above.
+                known = self._sha256s[index]
+        return StagedRange(segments, payload_sha256=known)
 
 
 class AssembledReader(io.BufferedReader):
@@ -551,11 +672,18 @@ class StagedRange:
     retry reads. All of them read the same bytes: a staged chunk file is never written
     again once in place (a re-sent chunk gets a file of its own), and every opening checks
     that the file is still the one the range was cut from (device, inode, size, mtime),
-    failing otherwise (a failed part is sent again later, never wrong)."""
+    failing otherwise (a failed part is sent again later, never wrong).
 
-    def __init__(self, segments: Sequence[_Segment]) -> None:
+    `payload_sha256`, when known, is the range's own SHA-256 (hex): SigV4 over plain http
+    signs it (app.storage.s3), which otherwise costs botocore one more read and hash of
+    the part on the event loop. Known from the start for a range that is one whole chunk
+    file (its writer hashed exactly those bytes), else computed by `hash_into(...,
+    payload_sha256=True)` in the same pass as the file's hash."""
+
+    def __init__(self, segments: Sequence[_Segment], *, payload_sha256: str | None = None) -> None:
         self._segments = tuple(segments)
         self.size_bytes = sum(segment.size_bytes for segment in self._segments)
+        self.payload_sha256 = payload_sha256
         self._readers: list[RangeReader] = []
         self._closed = False
 
@@ -563,7 +691,10 @@ class StagedRange:
         """Present so that botocore takes the range for a file-like body; never works."""
         raise io.UnsupportedOperation("a staged range is read through open_reader()")
 
-    def hash_into(self, hasher: _Hasher) -> None:
+    def hash_into(self, hasher: _Hasher, *, payload_sha256: bool = False) -> None:
+        """Feed the range's bytes to `hasher`; with `payload_sha256`, also hash them on
+        their own (from the same reads) unless that is known already."""
+        own = hashlib.sha256() if payload_sha256 and self.payload_sha256 is None else None
         buffer = bytearray(min(HASH_BLOCK_BYTES, max(1, self.size_bytes)))
         view = memoryview(buffer)
         for segment in self._segments:
@@ -576,9 +707,13 @@ class StagedRange:
                     if got <= 0:
                         raise OSError(errno.EIO, f"{segment.path.name} ended early")
                     hasher.update(view[:got])
+                    if own is not None:
+                        own.update(view[:got])
                     done += got
             finally:
                 os.close(fd)
+        if own is not None:
+            self.payload_sha256 = own.hexdigest()
 
     def intact(self) -> bool:
         for segment in self._segments:
@@ -592,7 +727,7 @@ class StagedRange:
     def open_reader(self) -> RangeReader:
         if self._closed:
             raise ValueError("the staged range is closed")
-        reader = RangeReader(self._segments)
+        reader = RangeReader(self._segments, payload_sha256=self.payload_sha256)
         self._readers.append(reader)
         return reader
 
@@ -622,10 +757,12 @@ class RangeReader(io.RawIOBase):
     """One send attempt's reader over a StagedRange: seekable (botocore measures the
     body and rewinds it after SigV4's hash), positional reads (os.pread) from one file
     descriptor at a time. A lock makes `close` wait for a read in flight, so a worker
-    thread still reading for an abandoned attempt never reads a reused descriptor."""
+    thread still reading for an abandoned attempt never reads a reused descriptor.
+    `payload_sha256`: its range's, when known (the S3 signer reads it from the body)."""
 
-    def __init__(self, segments: Sequence[_Segment]) -> None:
+    def __init__(self, segments: Sequence[_Segment], *, payload_sha256: str | None = None) -> None:
         self._segments = segments
+        self.payload_sha256 = payload_sha256
         self._starts: list[int] = []
         offset = 0
         for segment in segments:

@@ -12,6 +12,7 @@ bucket.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 from collections.abc import Callable
@@ -75,7 +76,14 @@ async def upload_in_parts(
                     await slots.acquire()
                     try:
                         data, size = await asyncio.to_thread(
-                            cut_part, stream, size_bytes, part_size_bytes, hasher
+                            functools.partial(
+                                cut_part,
+                                stream,
+                                size_bytes,
+                                part_size_bytes,
+                                hasher,
+                                payload_sha256=objects.signs_payload,
+                            )
                         )
                     except BaseException:
                         slots.release()
@@ -110,17 +118,24 @@ PartData = io.BytesIO | PartBody
 
 
 def cut_part(
-    stream: BinaryIO, start: int, size_bytes: int, hasher: Hasher | None
+    stream: BinaryIO,
+    start: int,
+    size_bytes: int,
+    hasher: Hasher | None,
+    *,
+    payload_sha256: bool = False,
 ) -> tuple[PartData, int]:
     """The part of the stream at `start`, up to `size_bytes` long (fewer only at its end),
     with its length, hashed into `hasher` on the way (blocking I/O). A `PartBody` left in
     staging where the stream offers one, else a buffer holding the bytes. Close it once
-    sent."""
+    sent. With `payload_sha256` (the store signs part bodies), a `PartBody` hashed here
+    also gets its own SHA-256 from the same reads, in this worker thread: else the
+    signer reads the part once more and hashes it on the event loop."""
     if isinstance(stream, RangedStream):
         body = stream.staged_range(start, size_bytes)
         try:
             if hasher is not None:
-                body.hash_into(hasher)
+                body.hash_into(hasher, payload_sha256=payload_sha256)
         except BaseException:
             body.close()
             raise

@@ -331,8 +331,12 @@ def _replaced_under_us(error: OSError) -> bool:
     return isinstance(error, FileNotFoundError) or error.errno == errno.ESTALE
 
 
-def _cut_part(stream: BinaryIO, part: PlannedPart, hasher: Hasher | None) -> PartData:
-    data, size = cut_part(stream, part.start, part.size_bytes, hasher)
+def _cut_part(
+    stream: BinaryIO, part: PlannedPart, hasher: Hasher | None, *, payload_sha256: bool
+) -> PartData:
+    data, size = cut_part(
+        stream, part.start, part.size_bytes, hasher, payload_sha256=payload_sha256
+    )
     if size != part.size_bytes:
         data.close()
         raise OSError(f"staged data ends before part {part.part_number}")
@@ -545,8 +549,15 @@ class EagerFlusher:
                         await self._buffers.acquire()
                         try:
                             assert stream is not None  # opened since there is work
+                            stored = recorded.get(part.part_number)
                             data, checkpoint = await asyncio.to_thread(
-                                self._read_and_hash, stream, part, digest
+                                self._read_and_hash,
+                                stream,
+                                part,
+                                digest,
+                                # Only a part that will be sent needs its own hash.
+                                self.objects.signs_payload
+                                and not (stored is not None and stored.holds(part)),
                             )
                         except OSError as error:
                             self._buffers.release()
@@ -559,7 +570,6 @@ class EagerFlusher:
                         except BaseException:
                             self._buffers.release()
                             raise
-                        stored = recorded.get(part.part_number)
                         if stored is not None and stored.holds(part):
                             self._buffers.release()  # read only to extend the hash
                             data.close()
@@ -642,12 +652,15 @@ class EagerFlusher:
 
     @staticmethod
     def _read_and_hash(
-        stream: BinaryIO, part: PlannedPart, digest: PrefixDigest
+        stream: BinaryIO, part: PlannedPart, digest: PrefixDigest, signs: bool
     ) -> tuple[PartData, HashCheckpoint | None]:
+        """`signs`: the part will be sent to a store that signs its body (its own SHA-256
+        is then taken from the same reads)."""
         if part.part_number != digest.hashed + 1:
-            return _cut_part(stream, part, None), digest.checkpoint(part.part_number)
+            data = _cut_part(stream, part, None, payload_sha256=signs)
+            return data, digest.checkpoint(part.part_number)
         state = digest.state()
-        data = _cut_part(stream, part, state)
+        data = _cut_part(stream, part, state, payload_sha256=signs)
         digest.extend(part, state)
         return data, digest.checkpoint(part.part_number)
 
@@ -803,7 +816,9 @@ class EagerFlusher:
         slots = buffer_budget.slots(self._concurrency, self._part_size_bytes)
 
         def read(stream: BinaryIO, part: PlannedPart) -> PartData:
-            return _cut_part(stream, part, state if part.part_number > hashed else None)
+            hasher = state if part.part_number > hashed else None
+            signs = self.objects.signs_payload and part.part_number not in etags
+            return _cut_part(stream, part, hasher, payload_sha256=signs)
 
         async def send(part: PlannedPart, data: PartData) -> None:
             try:

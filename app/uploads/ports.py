@@ -61,6 +61,7 @@ class SessionStore(Protocol):
         release: Lease | None = None,
         admit: Callable[[UploadSession], None] | None = None,
         place: Callable[[], None] | None = None,
+        prepare: Callable[[], None] | None = None,
     ) -> ChunkRecordResult:
         """Add or replace a chunk record if the session is still uploading and stays
         within `max_session_bytes`; returns the record it replaced. With `release`, only
@@ -70,7 +71,9 @@ class SessionStore(Protocol):
         is written, and refuses the chunk by raising (nothing is recorded; the error
         propagates). `place` (blocking) puts the chunk's bytes where `chunk.file_name`
         says, once nothing but the insert is left: the chunk is in place before its record
-        commits. Both may run in the database's thread, never on the event loop."""
+        commits. `prepare` (blocking) runs first, before the transaction takes any lock
+        (it writes a small chunk's temp file: `PlacesChunks.held_write`); a failure there
+        records nothing. All may run in the database's thread, never on the event loop."""
         ...
 
     async def create_within_limit(
@@ -164,6 +167,17 @@ class PlacesChunks(Protocol):
 
     def placement(self, session_id: str, staged: StagedFile, index: int) -> ChunkPlacement: ...
 
+    def new_placed_writer(self, *, max_bytes: int, block_bytes: int = ...) -> ChunkWriter:
+        """A writer whose chunk is only ever placed (`placement`, `adopt`) or removed
+        (`remove_temp`): a small one is left for `held_write` (or the move) to write."""
+        ...
+
+    def held_write(self, staged: StagedFile) -> Callable[[], None] | None:
+        """The blocking write of a chunk `new_placed_writer` left unwritten (None if it
+        is on disk): run it before the placement's move, e.g. in the same hand-off. On
+        failure nothing of it is left and the error is raised like the writer's."""
+        ...
+
 
 class ChunkStaging(Protocol):
     """Local files that hold chunks until completion."""
@@ -210,8 +224,14 @@ class PartBody(Protocol):
     @property
     def size_bytes(self) -> int: ...
 
-    def hash_into(self, hasher: Hasher) -> None:
-        """Feed the bytes, in order, to `hasher` (blocking I/O)."""
+    @property
+    def payload_sha256(self) -> str | None:
+        """The part's own SHA-256 (hex) when known: SigV4 signs it over plain http."""
+        ...
+
+    def hash_into(self, hasher: Hasher, *, payload_sha256: bool = False) -> None:
+        """Feed the bytes, in order, to `hasher` (blocking I/O); with `payload_sha256`,
+        also make the part's own SHA-256 known, from the same reads."""
         ...
 
     def open_reader(self) -> BinaryIO: ...
@@ -252,6 +272,12 @@ class MultipartObjectStore(Protocol):
 
     async def list_parts(self, key: str, upload_id: str) -> list[int]:
         """The part numbers the store holds for an unfinished upload."""
+        ...
+
+    @property
+    def signs_payload(self) -> bool:
+        """Whether a part's request is signed with its body's SHA-256 (SigV4 over plain
+        http): a `PartBody` whose own SHA-256 is known then saves the store a pass."""
         ...
 
     async def abort(self, key: str, upload_id: str) -> None: ...

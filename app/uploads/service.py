@@ -257,6 +257,10 @@ class UploadService:
 
     # ---------------------------------------------------------------------- chunk
     def new_chunk_writer(self) -> ChunkWriter:
+        # A chunk's file only goes to `accept_chunk` (which places it in the record's
+        # hand-off) or `remove_temp`: a small one is written there, one hand-off less.
+        if self._places is not None:
+            return self._places.new_placed_writer(max_bytes=self.policy.max_chunk_size)
         return self.staging.new_writer(max_bytes=self.policy.max_chunk_size)
 
     def new_append_writer(self) -> ChunkWriter:
@@ -319,6 +323,7 @@ class UploadService:
         which commits only while the lease is still held (UploadLocked otherwise)."""
         admit: Callable[[UploadSession], None] | None = None
         place: Callable[[], None] | None = None
+        prepare: Callable[[], None] | None = None
         placed = False
         try:
             if checked is not None and checked.id == session_id:
@@ -337,6 +342,9 @@ class UploadService:
                 placed = True
             else:
                 file_name, move = self._places.placement(session_id, staged, index)
+                # A small chunk left unwritten by its writer is written in the record's
+                # hand-off, before its transaction begins.
+                prepare = self._places.held_write(staged)
 
                 def place() -> None:
                     nonlocal placed
@@ -360,6 +368,7 @@ class UploadService:
                 release=release,
                 admit=admit,
                 place=place,
+                prepare=prepare,
             )
         except BaseException:
             if placed:
@@ -394,6 +403,15 @@ class UploadService:
         return chunk
 
     # ------------------------------------------------- byte-stream appends (tus, IETF)
+    def receiving_check(self, principal: Principal) -> Callable[[UploadSession], None]:
+        """`check_can_receive`'s checks, for a session an appending request reads with
+        its writer lease (blocking-safe: runs in the database's thread)."""
+
+        def check(session: UploadSession) -> None:
+            self._check_receiving(principal, session)
+
+        return check
+
     async def append(
         self,
         principal: Principal,
@@ -407,6 +425,7 @@ class UploadService:
         new_writer: Callable[[], ChunkWriter] | None = None,
         checked: UploadSession | None = None,
         writer_lease: WriterLease | None = None,
+        totals: tuple[int, int] | None = None,
     ) -> int:
         """Append a byte stream at `offset` (which must be the bytes held now); returns
         the new offset.
@@ -424,12 +443,18 @@ class UploadService:
         before the writer lease was taken: used only once its length is fixed (nothing
         else of it can change under the lease that the record does not re-check).
         `writer_lease`: the caller's writer lease, released in the transaction of the
-        request's last record (one transaction less per request)."""
-        if checked is not None and checked.id == session_id and checked.total_size is not None:
+        request's last record (one transaction less per request). `totals`: the upload's
+        chunk count and bytes, read under the writer lease in the same transaction as
+        `checked` (so `checked` is used whatever its length)."""
+        if checked is not None and checked.id == session_id and totals is not None:
             session = checked
+            index, held = totals
         else:
-            session = await self.check_can_receive(principal, session_id)
-        index, held = await self.store.chunk_totals(session_id)
+            if checked is not None and checked.id == session_id and checked.total_size is not None:
+                session = checked
+            else:
+                session = await self.check_can_receive(principal, session_id)
+            index, held = await self.store.chunk_totals(session_id)
         if offset != held:
             raise OffsetMismatch(details={"offset": held})
         limit = session.total_size if session.total_size is not None else self.policy.max_file_size

@@ -94,6 +94,37 @@ async def test_full_staging_filesystem_gives_507_and_no_partial_file(
         assert status["received_chunks"] == [0]
 
 
+async def test_a_small_chunk_on_a_full_filesystem_gives_507_and_leaves_nothing_counted(
+    settings_factory, keypair, long_wav, small_filesystem
+):
+    """A small chunk is written in its record's hand-off (not by its writer): ENOSPC there
+    is the same 507, nothing of it stays on disk or in the staging cap's count."""
+    cap = MiB + 1536  # room for chunk 0 and one 1 KiB chunk, not for a leaked second
+    settings = settings_factory(
+        local_temp_chunk_path=small_filesystem / "staging",
+        staging_min_free_bytes=0,
+        staging_max_bytes=cap,
+    )
+    async with running(create_app(settings)) as client:
+        api = UploadApi(client, keypair)
+        session_id = await api.session()
+        assert (await api.chunk(session_id, 0, long_wav[:MiB])).status_code == 200
+        filler = small_filesystem / "filler"
+        with filler.open("wb", buffering=0) as out:
+            try:
+                while True:
+                    out.write(bytes(4096))
+            except OSError:
+                pass  # the filesystem is full
+        assert_error(await api.chunk(session_id, 1, long_wav[:1024]), 507, "staging_full")
+        assert staged_files(small_filesystem / "staging", "incoming") == []
+        assert len(staged_files(small_filesystem / "staging", "sessions")) == 1  # chunk 0
+        filler.unlink()
+        assert (await api.chunk(session_id, 1, long_wav[:1024])).status_code == 200
+        status = (await api.status(session_id)).json()["data"]
+        assert status["received_chunks"] == [0, 1]
+
+
 async def test_json_bodies_are_capped_while_streaming(settings_factory, keypair, long_wav):
     async with running(create_app(settings_factory(max_json_body_bytes=4096))) as client:
         api = UploadApi(client, keypair)

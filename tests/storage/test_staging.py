@@ -7,11 +7,12 @@ import asyncio
 import hashlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from app.errors import ChunkTooLarge, StagingFull
-from app.storage.staging import WRITE_BLOCK_BYTES, DiskStaging
+from app.storage.staging import SMALL_CHUNK_BYTES, WRITE_BLOCK_BYTES, DiskStaging
 
 
 @pytest.fixture
@@ -143,3 +144,96 @@ async def test_a_write_that_would_eat_the_free_space_reserve_is_refused(tmp_path
     writer = roomy.new_writer(max_bytes=WRITE_BLOCK_BYTES)
     await writer.write(bytes(100))
     await writer.discard()
+
+
+async def test_a_small_placed_chunk_is_written_by_its_record_hand_off(
+    staging: DiskStaging,
+) -> None:
+    """`new_placed_writer` leaves a small chunk unwritten (its writer makes no thread
+    hand-off); `held_write` writes the temp file, the move renames it. Counted throughout,
+    never listed as a stray temp file."""
+    data = os.urandom(1000)
+    writer = staging.new_placed_writer(max_bytes=SMALL_CHUNK_BYTES)
+    for piece in pieces_of(data, [1, 300]):
+        await writer.write(piece)
+    staged = await writer.finish()
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    assert staged.size_bytes == len(data)
+    assert list(staging.incoming_dir.iterdir()) == []
+    assert staging.used_bytes == len(data)
+    assert await staging.list_incoming() == []
+    assert await staging.refresh_usage() == len(data)  # by its reservation
+
+    write = staging.held_write(staged)
+    assert write is not None
+    await asyncio.to_thread(write)
+    assert (staging.incoming_dir / staged.file_name).read_bytes() == data
+    assert staging.held_write(staged) is None  # written once
+    file_name, move = staging.placement("8d1c5b9e-4bde-4f7a-9a53-8c8f7c1a0f11", staged, 3)
+    await asyncio.to_thread(move)
+    placed = staging.session_dir("8d1c5b9e-4bde-4f7a-9a53-8c8f7c1a0f11") / file_name
+    assert placed.read_bytes() == data
+    assert list(staging.incoming_dir.iterdir()) == []
+    assert staging.used_bytes == len(data)
+    assert await staging.refresh_usage() == len(data)  # by its size on disk
+
+
+async def test_adopting_a_held_chunk_writes_it(staging: DiskStaging) -> None:
+    writer = staging.new_placed_writer(max_bytes=SMALL_CHUNK_BYTES)
+    await writer.write(b"")
+    staged = await writer.finish()  # an empty chunk is an empty file here too
+    file_name = await staging.adopt("8d1c5b9e-4bde-4f7a-9a53-8c8f7c1a0f11", staged, 0)
+    placed = staging.session_dir("8d1c5b9e-4bde-4f7a-9a53-8c8f7c1a0f11") / file_name
+    assert placed.read_bytes() == b""
+    assert staged.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+@pytest.mark.parametrize("drop", ["remove_temp", "discard"])
+async def test_a_dropped_held_chunk_leaves_nothing(staging: DiskStaging, drop: str) -> None:
+    writer = staging.new_placed_writer(max_bytes=SMALL_CHUNK_BYTES)
+    await writer.write(os.urandom(SMALL_CHUNK_BYTES))  # the largest held whole
+    staged = await writer.finish()
+    assert list(staging.incoming_dir.iterdir()) == []
+    assert staging.used_bytes == SMALL_CHUNK_BYTES
+    if drop == "remove_temp":
+        await staging.remove_temp(staged)
+    else:
+        await writer.discard()
+    assert staging.held_write(staged) is None
+    assert staging.used_bytes == 0
+    assert await staging.refresh_usage() == 0
+    assert list(staging.incoming_dir.iterdir()) == []
+
+
+async def test_a_placed_chunk_over_the_small_size_is_written_by_its_writer(
+    staging: DiskStaging,
+) -> None:
+    data = os.urandom(SMALL_CHUNK_BYTES + 1)
+    writer = staging.new_placed_writer(max_bytes=len(data))
+    await writer.write(data)
+    staged = await writer.finish()
+    assert staging.held_write(staged) is None
+    assert (staging.incoming_dir / staged.file_name).read_bytes() == data
+
+
+async def test_a_placed_chunk_ending_on_a_block_edge_sends_its_last_block_with_the_close(
+    staging: DiskStaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(4 * WRITE_BLOCK_BYTES)
+    writer = staging.new_placed_writer(max_bytes=len(data))
+    loop = asyncio.get_running_loop()
+    hand_offs = 0
+    run_in_executor = loop.run_in_executor
+
+    def counted(*args: Any) -> Any:
+        nonlocal hand_offs
+        hand_offs += 1
+        return run_in_executor(*args)
+
+    monkeypatch.setattr(loop, "run_in_executor", counted)
+    for piece in pieces_of(data, [65536] * 15):  # sixteen server-sized pieces
+        await writer.write(piece)
+    staged = await writer.finish()
+    assert hand_offs == 4  # three blocks, then the fourth with the close
+    assert (staging.incoming_dir / staged.file_name).read_bytes() == data
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from app.dev.keys import KeyPair
+from app.errors import SessionNotFound
 from app.main import create_app
 from app.settings import Settings
 from app.storage.resumable import APPEND_LEASE, SqlUploadLocks
@@ -259,3 +260,139 @@ async def test_a_patch_whose_lease_was_taken_over_leaves_no_file_behind(
         assert await container.uploads.store.chunk_totals(session_id) == (0, 0)
         # The new holder still holds it: the refused writer let nothing go.
         assert await locks.acquire(session_id, ttl_seconds=5) is None
+
+
+def _ietf_create_headers(auth: str) -> dict[str, str]:
+    return {
+        "Upload-Draft-Interop-Version": "8",
+        "Authorization": auth,
+        "Upload-Complete": "?0",
+        "Upload-Length": "1000",
+    }
+
+
+async def _create_tus_upload(http: Any, headers: dict[str, str], length: int) -> str:
+    """POST /files/ for a `memo.wav` of `length` bytes; its URL."""
+    created = await http.post(
+        "/files/",
+        headers={
+            **headers,
+            "Upload-Length": str(length),
+            "Upload-Metadata": _metadata(filename="memo.wav"),
+        },
+    )
+    assert created.status_code == 201, created.text
+    return str(created.headers["Location"])
+
+
+def _session_of(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+@pytest.mark.parametrize(
+    ("refusal", "status"),
+    [
+        ("an IETF upload patched through tus", 404),
+        ("a malformed Upload-Checksum", 400),
+        ("the wrong offset", 409),
+        ("a tus upload patched through IETF", 404),
+    ],
+)
+async def test_a_patch_refused_after_opening_its_upload_lets_the_lease_go(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, refusal: str, status: int
+) -> None:
+    """An append reads its session and takes the writer lease in one hand-off (SQLite),
+    before the refusals that come later in the order (the protocol record, headers read
+    after the session, the offset): each of those gives the lease back at once, so the
+    client's next request finds the upload free."""
+    auth = f"Bearer {keypair.token('user-5', file_id=6)}"
+    headers = {**TUS, "Authorization": auth}
+    app = create_app(settings_factory(eager_flush=False))
+    async with running(app) as http:
+        locks: SqlUploadLocks = app.state.container.upload_locks
+        if refusal == "an IETF upload patched through tus":
+            created = await http.post(
+                "/files/", params={"filename": "memo.wav"}, headers=_ietf_create_headers(auth)
+            )
+            assert created.status_code == 201, created.text
+            url = created.headers["Location"]
+        else:
+            url = await _create_tus_upload(http, headers, 1000)
+        session_id = _session_of(url)
+        patch_headers = {
+            **headers,
+            "Upload-Offset": "0",
+            "Content-Type": "application/offset+octet-stream",
+        }
+        if refusal == "a malformed Upload-Checksum":
+            patch_headers["Upload-Checksum"] = "sha1 !!"
+        elif refusal == "the wrong offset":
+            patch_headers["Upload-Offset"] = "10"
+        elif refusal == "a tus upload patched through IETF":
+            patch_headers = {
+                "Upload-Draft-Interop-Version": "8",
+                "Authorization": auth,
+                "Upload-Offset": "0",
+                "Upload-Complete": "?0",
+                "Content-Type": "application/partial-upload",
+            }
+        patched = await http.patch(url, content=bytes(100), headers=patch_headers)
+        assert patched.status_code == status, patched.text
+        assert await locks.acquire(session_id, ttl_seconds=5) is not None
+
+
+async def test_opening_an_upload_checks_its_session_before_taking_anything(
+    settings_factory: Callable[..., Settings], keypair: KeyPair, database: dict[str, Any]
+) -> None:
+    """`SqlUploadLocks.open` (SQLite): the session checked, the lease taken and the
+    totals read under it in one hand-off; a refused check takes nothing, a lease another
+    request holds is left to it. On PostgreSQL it declines (None): the caller makes the
+    usual separate calls."""
+    headers = {**TUS, "Authorization": f"Bearer {keypair.token('user-5', file_id=6)}"}
+    app = create_app(settings_factory(eager_flush=False))
+    async with running(app) as http:
+        container = app.state.container
+        locks: SqlUploadLocks = container.upload_locks
+        uploads = container.uploads
+        url = await _create_tus_upload(http, headers, 1000)
+        session_id = _session_of(url)
+        patched = await http.patch(
+            url,
+            content=bytes(300),
+            headers={
+                **headers,
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        assert patched.status_code == 204, patched.text
+        owner = await container.verifier.verify(keypair.token("user-5", file_id=6))
+        stranger = await container.verifier.verify(keypair.token("user-6", file_id=6))
+
+        def opening(principal: Any) -> Any:
+            return locks.open(session_id, ttl_seconds=5, check=uploads.receiving_check(principal))
+
+        if not database["database_url"].startswith("sqlite"):
+            assert await opening(owner) is None
+            return
+        with pytest.raises(SessionNotFound):
+            await opening(stranger)
+        lapsed = await locks.leases.current(session_id, APPEND_LEASE)
+        assert lapsed is not None and lapsed.expires_at.year == 2000  # nothing taken
+        opened = await opening(owner)
+        assert opened is not None and opened.lease is not None
+        assert opened.session.id == session_id and opened.session.total_size == 1000
+        assert opened.totals == (1, 300) == await uploads.store.chunk_totals(session_id)
+        # Held now: a second opening checks the session and leaves the lease alone.
+        again = await opening(owner)
+        assert again is not None and again.lease is None and again.totals is None
+        holding = await locks.leases.current(session_id, APPEND_LEASE)
+        assert holding is not None and holding.holder == opened.lease.holder
+        assert holding.generation == opened.lease.generation
+        await locks.release(opened.lease)
+        with pytest.raises(SessionNotFound):
+            await locks.open(
+                "0b8a4f3e-51a2-4d7c-8f0e-9c2d1b7a6e55",
+                ttl_seconds=5,
+                check=uploads.receiving_check(owner),
+            )

@@ -18,7 +18,8 @@ import pytest
 from app.dev.s3server import LocalS3Server
 from app.settings import Settings
 from app.storage.s3 import S3MultipartStore
-from app.storage.staging import AssembledReader, DiskStaging, StagedRange
+from app.storage.s3 import _KnownPayloadS3SigV4Auth as KnownPayloadSigner
+from app.storage.staging import AssembledReader, ConcatenatedReader, DiskStaging, StagedRange
 from app.uploads.assembly import upload_in_parts
 from app.uploads.models import StoredChunk
 from tests.tcp_proxy import CuttableProxy
@@ -200,3 +201,108 @@ async def test_parts_in_flight_hold_no_part_sized_buffers(
     assert peak < part_size, f"{peak / MiB:.1f} MiB at the peak"
     stored = s3.get_object(Bucket=objects.bucket, Key=f"streamed/{session_id}")["Body"].read()
     assert stored == data
+
+
+async def test_a_range_knows_its_own_sha256_only_when_it_is_one_whole_chunk_or_was_hashed(
+    staging: DiskStaging,
+) -> None:
+    """SigV4 over plain http signs each part's SHA-256: a part that is one whole staged
+    chunk takes the chunk writer's hash, one across chunks gets it from the pass that
+    feeds the file's hash (asked for), and nothing else claims one."""
+    session_id = str(uuid.uuid4())
+    data = os.urandom(3 * MiB)
+    chunks = await stage(staging, session_id, data, [MiB, MiB])
+    whole = cut(staging, session_id, chunks, MiB, MiB)
+    assert (
+        whole.payload_sha256 == chunks[1].sha256 == hashlib.sha256(data[MiB : 2 * MiB]).hexdigest()
+    )
+    assert whole.open_reader().payload_sha256 == chunks[1].sha256  # what the signer sees
+    for start, size in ((MiB, MiB - 1), (MiB + 1, MiB - 1), (MiB // 2, MiB)):
+        piece = cut(staging, session_id, chunks, start, size)
+        assert piece.payload_sha256 is None
+        piece.hash_into(hashlib.sha256())  # the file's hash alone: nothing more
+        assert piece.payload_sha256 is None
+        piece.hash_into(hashlib.sha256(), payload_sha256=True)
+        assert piece.payload_sha256 == hashlib.sha256(data[start : start + size]).hexdigest()
+        assert piece.open_reader().payload_sha256 == piece.payload_sha256
+    # Without the chunks' hashes (a stream that was not given them) a chunk is not known.
+    with ConcatenatedReader(
+        [(staging.session_dir(session_id) / c.file_name, c.size_bytes) for c in chunks]
+    ) as raw:
+        assert raw.staged_range(MiB, MiB).payload_sha256 is None
+
+
+@only_sqlite_settings
+@pytest.mark.parametrize("sign", ["auto", "never"])
+async def test_each_part_is_signed_with_the_sha256_of_the_bytes_it_sends(
+    staging: DiskStaging,
+    settings_factory: Any,
+    s3_server: LocalS3Server,
+    s3: Any,
+    sign: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Over plain http every UploadPart carries its body's SHA-256 in the signed
+    X-Amz-Content-SHA256, which AWS, MinIO and Ceph check against the body: a part that is
+    one chunk (part 1: the chunk writer's hash), one across chunks and the tail (parts 2
+    and 3: hashed in the worker thread's pass), each signed with the hash the flush knew,
+    not read and hashed again by botocore. `S3_SIGN_PAYLOAD=never`: unsigned, and no part
+    is hashed for it. A body that is not a staged range keeps botocore's hash."""
+    settings: Settings = settings_factory(
+        s3_endpoint_url=s3_server.endpoint_url, s3_sign_payload=sign
+    )
+    objects = S3MultipartStore(settings)
+    await objects.open()
+    sent: dict[int, bytes] = {}
+
+    def record(request: Any, **_: Any) -> None:
+        number = int(request.url.split("partNumber=")[1].split("&")[0])
+        sent[number] = request.headers["X-Amz-Content-SHA256"]
+
+    objects.client.meta.events.register("before-send.s3.UploadPart", record)
+    # Which signatures used the part's known hash: botocore's own (a second read and
+    # hash on the event loop) would give the same header, so the header alone cannot tell.
+    known: list[str] = []
+    payload = KnownPayloadSigner.payload
+
+    def spy(signer: Any, request: Any) -> str:
+        value: str = payload(signer, request)
+        if value == getattr(request.body, "payload_sha256", None):
+            known.append(value)
+        return value
+
+    monkeypatch.setattr(KnownPayloadSigner, "payload", spy)
+    try:
+        assert objects.signs_payload is (sign == "auto")
+        session_id = str(uuid.uuid4())
+        data = os.urandom(2 * PART_SIZE + MiB)
+        chunks = await stage(staging, session_id, data, [PART_SIZE, 2 * MiB])
+        assembled = await send_staged(
+            objects, staging, session_id, chunks, PART_SIZE, 2, hashlib.sha256(data).hexdigest()
+        )
+        assert assembled.sha256 == hashlib.sha256(data).hexdigest()
+        parts = [data[at : at + PART_SIZE] for at in range(0, len(data), PART_SIZE)]
+        if sign == "auto":
+            assert sent == {
+                n: hashlib.sha256(p).hexdigest().encode() for n, p in enumerate(parts, 1)
+            }
+            assert len(known) == 3
+        else:
+            assert sent == {n: b"UNSIGNED-PAYLOAD" for n in (1, 2, 3)}
+            assert known == []
+        stored = s3.get_object(Bucket=objects.bucket, Key=f"streamed/{session_id}")["Body"].read()
+        assert stored == data
+
+        # A buffered part (S3 staging's path) is hashed by botocore, as before.
+        key = f"buffered/{session_id}"
+        upload_id = await objects.start(key, content_type="application/octet-stream", metadata={})
+        sent.clear()
+        body = os.urandom(MiB)
+        await objects.upload_part(key, upload_id, 1, io.BytesIO(body))
+        expected = (
+            hashlib.sha256(body).hexdigest().encode() if sign == "auto" else b"UNSIGNED-PAYLOAD"
+        )
+        assert sent == {1: expected}
+        await objects.abort(key, upload_id)
+    finally:
+        await objects.close()
