@@ -118,23 +118,15 @@ def _open_upload(
     it took the lease, the chunk totals."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        session = admit(_one(connection, *session_read))
-        taken = _one(connection, *acquire)
-        held = _one(connection, *totals) if taken is not None else None
+        session = admit(sqlite_driver.fetch_one(connection, *session_read))
+        taken = sqlite_driver.fetch_one(connection, *acquire)
+        held = sqlite_driver.fetch_one(connection, *totals) if taken is not None else None
         connection.commit()
         return session, taken, held
     except BaseException:
         if connection.in_transaction:
             connection.rollback()
         raise
-
-
-def _one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
-    cursor = connection.execute(sql, parameters)
-    try:
-        return cursor.fetchone()
-    finally:
-        cursor.close()
 
 
 class SqlUploadLocks:

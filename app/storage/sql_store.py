@@ -121,7 +121,7 @@ class _SqliteChunkPath:
     async def get(self, session_id: str) -> UploadSession | None:
         raw = await sqlite_driver.run_on_connection(
             self.engine,
-            _fetch_one,
+            sqlite_driver.fetch_one,
             self.session_by_id.sql,
             self.session_by_id.parameters({"session_id": session_id}),
         )
@@ -130,7 +130,7 @@ class _SqliteChunkPath:
     async def chunk_totals(self, session_id: str) -> tuple[int, int]:
         raw = await sqlite_driver.run_on_connection(
             self.engine,
-            _fetch_one,
+            sqlite_driver.fetch_one,
             self.totals.sql,
             self.totals.parameters({"session_id": session_id}),
         )
@@ -220,14 +220,6 @@ class _SqliteRecord:
     session_by_id: tuple[str, tuple[Any, ...]]
     max_bytes: int
     session_id: str
-
-
-def _fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
-    cursor = connection.execute(sql, parameters)
-    try:
-        return cursor.fetchone()
-    finally:
-        cursor.close()
 
 
 def _record_chunk_sqlite(

@@ -230,3 +230,12 @@ def _run_checked_out(sync_engine: Any, function: Any, args: tuple[Any, ...]) -> 
         return await_(driver.run(function, *args))
     finally:
         pooled.close()
+
+
+def fetch_one(connection: sqlite3.Connection, sql: str, parameters: tuple[Any, ...]) -> Any:
+    """One row of a statement run on the database thread's raw connection (or None)."""
+    cursor = connection.execute(sql, parameters)
+    try:
+        return cursor.fetchone()
+    finally:
+        cursor.close()
