@@ -39,6 +39,7 @@ from bench.servers import (
     Process,
     UploadServiceConfig,
     cpu_description,
+    cpu_seconds_of,
     install_tus,
     logged_since,
     service_command,
@@ -394,6 +395,10 @@ async def until_idle(process: Process, *, timeout_seconds: float = 120.0) -> Non
 
 
 # ------------------------------------------------------------------------- driver
+def s3_cpu_seconds(s3: LocalS3Server) -> float:
+    return cpu_seconds_of(s3.process.pid) if s3.process is not None else 0.0
+
+
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -476,6 +481,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for clients in args.clients:
                 figures: dict[str, list[float]] = {name: [] for name in servers}
                 cpu: dict[str, list[float]] = {name: [] for name in servers}
+                # The local S3 server's CPU while each process' figure ran: only the
+                # service as shipped sends it anything (eager flush's parts), and on these
+                # 2 cores it is taken from the same budget (bench/README.md, "Floors").
+                s3_cpu: dict[str, list[float]] = {name: [] for name in servers}
                 faults: dict[str, list[float]] = {name: [] for name in servers}
                 load_before = os.getloadavg()
                 for _ in range(runs):
@@ -488,6 +497,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         else:
                             ingest = partial(ingest_service, process.port, token)
                         cpu_before = process.cpu_seconds()
+                        s3_cpu_before = s3_cpu_seconds(s3)
                         faults_before = process.minor_faults()
                         figures[name].append(await ingest(ingest_bytes, payload, clients))
                         # The CPU of what the chunks started (eager flush's parts) counts,
@@ -495,6 +505,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                         await until_idle(process)
                         cpu[name].append(
                             (process.cpu_seconds() - cpu_before) / (ingest_bytes / GiB)
+                        )
+                        s3_cpu[name].append(
+                            (s3_cpu_seconds(s3) - s3_cpu_before) / (ingest_bytes / GiB)
                         )
                         faults[name].append(
                             (process.minor_faults() - faults_before) / (ingest_bytes / 4096)
@@ -506,8 +519,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     **{f"{k}_mb_s": median(v) for k, v in figures.items()},
                     **{f"{k}_cpu_s_per_gib": median(v) for k, v in cpu.items()},
                     **{f"{k}_faults_per_page": median(v) for k, v in faults.items()},
+                    "s3_cpu_s_per_gib": median(s3_cpu["service"]),
                     "samples": figures,
                     "cpu_samples": cpu,
+                    "s3_cpu_samples": s3_cpu,
                     "fault_samples": faults,
                     "load_average_before": load_before,
                     "load_average_after": os.getloadavg(),
@@ -898,6 +913,8 @@ def servers_markdown(done: dict[str, Any]) -> list[str]:
             f" | {row['idle_rss_bytes'] / 1e6:.0f} MB | {row['peak_rss_bytes'] / 1e6:.0f} MB |"
         )
     return lines
+
+
 async def replicas_phase(
     args: argparse.Namespace, keypair: KeyPair, s3: LocalS3Server, work_dir: Path, tus_dir: Path
 ) -> dict[str, Any]:
@@ -959,10 +976,11 @@ def markdown(results: dict[str, Any]) -> str:
             + " | ".join(f"{INGEST_COLUMNS[n]} ÷ tus" for n in ratios)
             + " | service ÷ bare | CPU-s per GiB: "
             + " / ".join(INGEST_COLUMNS[n] for n in names)
+            + " | S3 server CPU-s per GiB, as shipped"
             + " | minor faults per 4 KiB received: "
             + " / ".join(INGEST_COLUMNS[n] for n in names)
             + " | load average (1 min) before, after |",
-            "|---|" + "---:|" * (len(names) + len(ratios) + 4),
+            "|---|" + "---:|" * (len(names) + len(ratios) + 5),
         ]
     for row in rows:
         load_figures = (
@@ -976,7 +994,7 @@ def markdown(results: dict[str, Any]) -> str:
             + "".join(f" | {_figure(row, f'{n}_over_tus', '.2f')}" for n in ratios)
             + f" | {row['service_over_bare']:.2f} | "
             + " / ".join(_figure(row, f"{n}_cpu_s_per_gib", ".2f") for n in names)
-            + " | "
+            + f" | {_figure(row, 's3_cpu_s_per_gib', '.2f')} | "
             + " / ".join(_figure(row, f"{n}_faults_per_page", ".2f") for n in names)
             + f" | {load_figures} |"
         )

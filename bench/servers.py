@@ -134,7 +134,7 @@ class Process:
     def cpu_seconds(self) -> float:
         """User + system CPU time so far of the process and its children (granian serves
         from worker processes it spawns), all their threads included."""
-        return sum(_cpu_seconds(pid) for pid in (self.pid, *_descendants(self.pid)))
+        return sum(cpu_seconds_of(pid) for pid in (self.pid, *_descendants(self.pid)))
 
     def minor_faults(self) -> int:
         """Minor page faults so far of the process and its children: with glibc's default
@@ -150,7 +150,7 @@ def _stat_field(pid: int, index: int) -> int:
         return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds_of(pid: int) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except FileNotFoundError:
