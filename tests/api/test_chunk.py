@@ -447,3 +447,21 @@ def test_chunk_stored_body_is_what_json_response_renders() -> None:
             slow.raw_headers,
             slow.status_code,
         )
+
+
+async def test_an_overlong_boundary_is_422(api: UploadApi, settings: Settings) -> None:
+    """python-multipart refuses boundaries over 256 bytes when the parser is built: a
+    malformed body (it was a 500), and nothing staged."""
+    session_id = await api.session()
+    boundary = "b" * 300
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="upload_session_id"\r\n\r\n'
+        f"{session_id}\r\n--{boundary}--\r\n"
+    ).encode()
+    response = await api.client.post(
+        "/upload/chunk",
+        content=body,
+        headers={**api.headers(), "content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert_error(response, 422, "malformed_body")
+    assert staged_files(settings) == []
