@@ -14,31 +14,19 @@ pass that feeds the file's SHA-256), so UploadPart is signed by botocore's own S
 signer with only `payload` taking that value (`_KnownPayloadS3SigV4Auth`). The store
 checks the body against it exactly as against botocore's (AWS, MinIO and Ceph refuse a
 body whose SHA-256 differs from the signed one).
-
-Sending a staged part: botocore signs and measures it with the attempt's reader as body;
-right before the send (`before-send`) the reader is handed to aiohttp inside a payload of
-our own (`_StagedPartPayload`) that reads 256 KiB at a time on the event loop while the
-page cache holds the bytes (preadv2 RWF_NOWAIT, which never waits for the disk) and in a
-worker thread only when it does not. aiohttp's file payload took a thread round trip for
-every 256 KiB (4,096 per GiB): with the GIL hand-offs and wake-ups, most of the send's
-own CPU (bench/README.md, "Eager flush's CPU").
 """
 
 from __future__ import annotations
 
-import asyncio
-import errno
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import structlog
 from aiobotocore.config import AioConfig
-from aiohttp.abc import AbstractStreamWriter
-from aiohttp.payload import Payload
 from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError, ClientError
@@ -67,71 +55,6 @@ def _one_reader_per_attempt(request: Any, **_: Any) -> None:
     for an abandoned attempt cannot move the position the retry reads from."""
     if isinstance(request.data, PartBody):
         request.data = request.data.open_reader()
-
-
-@runtime_checkable
-class _PositionalReader(Protocol):
-    """A staged part's reader (app.storage.staging.RangeReader): reads at an offset,
-    blocking or never waiting for the disk (those the event loop may make)."""
-
-    def read_at(self, offset: int, size: int) -> bytes: ...
-
-    def read_at_nowait(self, offset: int, size: int) -> bytes | bytearray | None: ...
-
-    def seek(self, offset: int, whence: int = 0, /) -> int: ...
-
-
-# Read per step of a part's send: a part in flight holds one such read.
-SEND_BLOCK_BYTES = 256 * 1024
-
-
-class _StagedPartPayload(Payload):
-    """What aiohttp sends for one attempt of a staged part. aiohttp's own file payload
-    reads every 256 KiB in a worker thread (32 thread round trips per 8 MiB part, the
-    larger part of the send's own CPU); this one reads on the event loop when the page
-    cache holds the bytes and in a worker thread otherwise. Each write starts from the
-    part's first byte (aiohttp writes a body again on a fresh connection when a kept-alive
-    one turns out to be closed)."""
-
-    def __init__(self, reader: _PositionalReader, size_bytes: int) -> None:
-        super().__init__(reader)
-        self._reader = reader
-        self._length = self._size = size_bytes
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        """botocore rewinds the body before a retry (which gets a reader of its own)."""
-        return self._reader.seek(offset, whence)
-
-    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
-        raise TypeError("a part body is bytes")
-
-    async def write(self, writer: AbstractStreamWriter) -> None:
-        await self.write_with_length(writer, None)
-
-    async def write_with_length(
-        self, writer: AbstractStreamWriter, content_length: int | None
-    ) -> None:
-        end = self._length if content_length is None else min(self._length, content_length)
-        offset = 0
-        while offset < end:
-            wanted = min(SEND_BLOCK_BYTES, end - offset)
-            block = self._reader.read_at_nowait(offset, wanted)
-            if block is None:
-                loop = asyncio.get_running_loop()
-                block = await loop.run_in_executor(None, self._reader.read_at, offset, wanted)
-            if not block:
-                raise OSError(errno.EIO, "the staged part ended before its length")
-            await writer.write(block)
-            offset += len(block)
-
-
-def _send_staged_parts_from_the_loop(request: Any, **_: Any) -> None:
-    """`before-send`: the request is signed and measured with the reader as body; only
-    what aiohttp sends it through changes."""
-    body = request.body
-    length = request.headers.get("Content-Length")
-    if length is not None and isinstance(body, _PositionalReader):
-        request.body = _StagedPartPayload(body, int(length))
 
 
 class _KnownPayloadS3SigV4Auth(S3SigV4Auth):  # type: ignore[misc]  # botocore is untyped
@@ -217,9 +140,6 @@ class S3MultipartStore:
             "request-created.s3.UploadPart", _one_reader_per_attempt
         )
         self._client.meta.events.register_last("choose-signer", _sign_known_payloads)
-        self._client.meta.events.register(
-            "before-send.s3.UploadPart", _send_staged_parts_from_the_loop
-        )
 
     async def close(self) -> None:
         await self._stack.aclose()

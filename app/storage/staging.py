@@ -753,17 +753,12 @@ def _open_segment(segment: _Segment) -> int:
     return fd
 
 
-_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)  # Linux 4.14+
-
-
 class RangeReader(io.RawIOBase):
     """One send attempt's reader over a StagedRange: seekable (botocore measures the
     body and rewinds it after SigV4's hash), positional reads (os.pread) from one file
     descriptor at a time. A lock makes `close` wait for a read in flight, so a worker
     thread still reading for an abandoned attempt never reads a reused descriptor.
-    `payload_sha256`: its range's, when known (the S3 signer reads it from the body).
-    The send itself reads at offsets of its own (`read_at`, and `read_at_nowait` on the
-    event loop), so botocore's position and the send's never meet."""
+    `payload_sha256`: its range's, when known (the S3 signer reads it from the body)."""
 
     def __init__(self, segments: Sequence[_Segment], *, payload_sha256: str | None = None) -> None:
         self._segments = segments
@@ -778,7 +773,6 @@ class RangeReader(io.RawIOBase):
         self._fd = -1
         self._fd_index = -1
         self._lock = threading.Lock()
-        self._nowait = _RWF_NOWAIT
 
     def readable(self) -> bool:
         return True
@@ -818,70 +812,22 @@ class RangeReader(io.RawIOBase):
             self._advance(b"", wanted, got)
             return got
 
-    def read_at(self, offset: int, size: int) -> bytes:
-        """Up to `size` bytes at `offset` of the range (fewer at a file boundary, empty
-        at the end), the position untouched: a sender that keeps its own offset can
-        start over (aiohttp resends a body on a fresh connection) and a read still
-        running for an abandoned send moves nothing."""
-        with self._lock:
-            located = self._locate(size, offset)
-            if located is None:
-                return b""
-            fd, within, wanted = located
-            data = os.pread(fd, wanted, within)
-            if len(data) != wanted:
-                raise OSError(errno.EIO, "a staged chunk ended early")
-            return data
-
-    def read_at_nowait(self, offset: int, size: int) -> bytes | bytearray | None:
-        """`read_at` if it need not wait, else None (read it with `read_at` in a worker
-        thread): preadv2 with RWF_NOWAIT never waits for the disk, so the event loop
-        may call this (a part was staged moments ago and is almost always cached).
-        None too while a read of this reader runs in a thread (its lock is not waited
-        for), and always where the filesystem cannot read that way (tmpfs, some FUSE)."""
-        if self._nowait is None or not self._lock.acquire(blocking=False):
-            return None
-        try:
-            located = self._locate(size, offset)
-            if located is None:
-                return b""
-            fd, within, wanted = located
-            buffer = bytearray(wanted)
-            try:
-                got = os.preadv(fd, [buffer], within, self._nowait)
-            except BlockingIOError:
-                return None
-            except OSError as error:
-                if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
-                    self._nowait = None
-                    return None
-                raise
-            if got <= 0:
-                raise OSError(errno.EIO, "a staged chunk ended early")
-            if got < wanted:  # partly cached: what is there now
-                del buffer[got:]
-            return buffer
-        finally:
-            self._lock.release()
-
     def readall(self) -> bytes:
         pieces = []
         while piece := self.read(max(1, self._length - self._position)):
             pieces.append(piece)
         return b"".join(pieces)
 
-    def _locate(self, size: int | None, position: int | None = None) -> tuple[int, int, int] | None:
+    def _locate(self, size: int | None) -> tuple[int, int, int] | None:
         if self.closed:
             raise ValueError("read of a closed range reader")
-        if position is None:
-            position = self._position
-        if position >= self._length or size == 0:
+        if self._position >= self._length or size == 0:
             return None
         index = 0
-        while self._starts[index] + self._segments[index].size_bytes <= position:
+        while self._starts[index] + self._segments[index].size_bytes <= self._position:
             index += 1
         segment = self._segments[index]
-        within = position - self._starts[index]
+        within = self._position - self._starts[index]
         wanted = segment.size_bytes - within
         if size is not None and size > 0:
             wanted = min(wanted, size)

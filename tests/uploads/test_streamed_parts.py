@@ -17,16 +17,9 @@ import pytest
 
 from app.dev.s3server import LocalS3Server
 from app.settings import Settings
-from app.storage import staging as staging_module
 from app.storage.s3 import S3MultipartStore
 from app.storage.s3 import _KnownPayloadS3SigV4Auth as KnownPayloadSigner
-from app.storage.staging import (
-    AssembledReader,
-    ConcatenatedReader,
-    DiskStaging,
-    RangeReader,
-    StagedRange,
-)
+from app.storage.staging import AssembledReader, ConcatenatedReader, DiskStaging, StagedRange
 from app.uploads.assembly import upload_in_parts
 from app.uploads.models import StoredChunk
 from tests.tcp_proxy import CuttableProxy
@@ -149,41 +142,6 @@ async def test_every_reader_of_a_range_reads_the_hashed_bytes_on_its_own(
     assert not middle.intact()
 
 
-async def test_a_reader_reads_at_an_offset_without_waiting_for_the_disk_or_moving(
-    staging: DiskStaging, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What the send of a part reads with (app.storage.s3): reads at an offset, across the
-    staged files' boundaries, that leave the reader's position alone (so a send that
-    starts over reads the same bytes) and that, on the event loop, never wait: not for
-    the disk, not for a read of the same reader running in a worker thread."""
-    session_id = str(uuid.uuid4())
-    data = os.urandom(3 * MiB + 17)
-    chunks = await stage(staging, session_id, data, [MiB + 5, 1, MiB])
-    start, size = MiB - 3, 2 * MiB
-    part = cut(staging, session_id, chunks, start, size)
-    reader = part.open_reader()
-    assert isinstance(reader, RangeReader)
-    reader.seek(11)
-    for _ in range(2):  # twice: a send that starts over
-        sent = bytearray()
-        while len(sent) < size:
-            block = reader.read_at_nowait(len(sent), 300_000)
-            assert block, "staged moments ago, so in the page cache"
-            sent += block
-        assert sent == data[start : start + size]
-    assert reader.read_at_nowait(size, 10) == b""
-    assert reader.read_at(MiB + 4, 3) == data[start + MiB + 4 : start + MiB + 7]
-    assert reader.tell() == 11
-    with reader._lock:  # a worker thread's read of this reader in flight: not waited for
-        assert reader.read_at_nowait(0, 10) is None
-    # Where the kernel cannot read without waiting, every read is left to a thread.
-    monkeypatch.setattr(staging_module, "_RWF_NOWAIT", None)
-    assert part.open_reader().read_at_nowait(0, 10) is None
-    part.close()
-    with pytest.raises(ValueError, match="closed"):
-        reader.read_at_nowait(0, 10)
-
-
 @pytest.fixture
 async def proxy(s3_server: LocalS3Server) -> AsyncIterator[CuttableProxy]:
     proxy = await CuttableProxy("127.0.0.1", s3_server.port, watch=[b"partNumber="]).start()
@@ -220,39 +178,6 @@ async def test_a_part_resent_after_a_cut_mid_part_stores_exactly_the_file(
     assert assembled.sha256 == hashlib.sha256(data).hexdigest()
     stored = s3.get_object(Bucket=objects.bucket, Key=f"streamed/{session_id}")["Body"].read()
     assert stored == data
-
-
-@only_sqlite_settings
-async def test_parts_are_read_on_the_event_loop_while_cached_else_in_worker_threads(
-    staging: DiskStaging, objects: S3MultipartStore, s3: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Parts just staged are in the page cache and sent without a thread round trip per
-    read; where they cannot be read without waiting (here: a kernel without RWF_NOWAIT)
-    the same bytes are read in worker threads."""
-    thread_reads: list[int] = []
-    read_at = RangeReader.read_at
-
-    def counted(reader: RangeReader, offset: int, size: int) -> bytes:
-        thread_reads.append(size)
-        return read_at(reader, offset, size)
-
-    monkeypatch.setattr(RangeReader, "read_at", counted)
-    session_id = str(uuid.uuid4())
-    data = os.urandom(2 * PART_SIZE + MiB)
-    chunks = await stage(staging, session_id, data, [PART_SIZE, 2 * MiB])
-    expected = hashlib.sha256(data).hexdigest()
-    for cached in (True, False):
-        if not cached:
-            monkeypatch.setattr(staging_module, "_RWF_NOWAIT", None)
-        thread_reads.clear()
-        assembled = await send_staged(objects, staging, session_id, chunks, PART_SIZE, 2, expected)
-        assert assembled.sha256 == expected
-        stored = s3.get_object(Bucket=objects.bucket, Key=f"streamed/{session_id}")["Body"].read()
-        assert stored == data
-        if cached:
-            assert thread_reads == []
-        else:
-            assert sum(thread_reads) == len(data)
 
 
 @only_sqlite_settings
