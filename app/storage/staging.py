@@ -65,15 +65,16 @@ class DiskChunkWriter:
     block of `block_bytes` (WRITE_BLOCK_BYTES unless the caller asks for more) is
     gathered; a worker thread then hashes them and writes them with one writev. One block
     is in the thread while the next one gathers, so receiving and disk work overlap;
-    memory per request stays under two blocks.
+    memory per request stays at about two blocks.
 
     With `defer_bytes`, a chunk of at most that many bytes that is finished before any
     block went to the thread is hashed on the event loop and left unwritten: the staging
     keeps its bytes until the placement's move writes the temp file and renames it (the
-    same temp file, then rename; nothing half-written is ever under `sessions/`). Such a
-    writer also sends a full block to the thread only when the next piece arrives, so a
-    chunk that ends on a block's edge (every 1 MiB chunk) sends its last block with the
-    close: one hand-off less, for at most one piece more held.
+    same temp file, then rename; nothing half-written is ever under `sessions/`).
+
+    A full block goes to the thread only when the next piece arrives, so a chunk or an
+    append piece that ends on a block's edge (every 1 MiB chunk, every 1 MiB PATCH) sends
+    its last block with the close: one hand-off less, for at most one piece more held.
     """
 
     def __init__(
@@ -89,7 +90,6 @@ class DiskChunkWriter:
         self._block_bytes = block_bytes
         self._defer_bytes = defer_bytes
         self._deferred = False
-        self._send_late = defer_bytes > 0
         self._name = f"{uuid.uuid4().hex}.part"
         self._path = staging.incoming_dir / self._name
         self._fd = -1
@@ -108,12 +108,10 @@ class DiskChunkWriter:
             raise ChunkTooLarge(details={"max_chunk_size": self._max_bytes})
         self._staging.reserve(len(data), writer=self._name)
         self._size_bytes += len(data)
-        if self._send_late and self._pending_bytes >= self._block_bytes:
+        if self._pending_bytes >= self._block_bytes:
             await self._send_block()  # more follows the full block: not the last one
         self._pending.append(data)
         self._pending_bytes += len(data)
-        if not self._send_late and self._pending_bytes >= self._block_bytes:
-            await self._send_block()
 
     async def _send_block(self) -> None:
         await self._wait_in_flight()

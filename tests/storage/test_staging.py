@@ -104,7 +104,8 @@ async def test_re_measuring_during_a_write_counts_its_bytes_once(staging: DiskSt
 async def test_a_request_cancelled_mid_block_leaves_nothing(staging: DiskStaging) -> None:
     writer = staging.new_writer(max_bytes=64 * WRITE_BLOCK_BYTES)
     big = bytes(16 * WRITE_BLOCK_BYTES)  # hashing it keeps the thread busy a while
-    await writer.write(big)  # in the thread now
+    await writer.write(big)  # held: a full block goes once more follows
+    await writer.write(big)  # the first block is in the thread now
     waiting = asyncio.create_task(writer.write(big))  # waits for the first block
     await asyncio.sleep(0)
     waiting.cancel()
