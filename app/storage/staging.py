@@ -16,10 +16,13 @@ other replicas' files are counted from then on. Beyond the cap, or on ENOSPC, a 
 fails with StagingFull and the caller discards the partial file.
 
 Free-space reserve (`min_free_bytes`, STAGING_MIN_FREE_BYTES): the filesystem's free space
-is probed (statvfs, a few microseconds) at the first reservation and then after every
-FREE_SPACE_PROBE_BYTES reserved; a write that would leave less than the reserve fails with
-StagingFull, so staging never takes the last bytes the database (by default a SQLite file
-in the same directory) needs. The readiness probe (`check`) never touches these counters.
+is probed (statvfs) at the first reservation and then again once this process has reserved
+half of the room the last probe left above the reserve (at most FREE_SPACE_PROBE_BYTES
+apart, every reservation once the room is small); a write that would leave less than the
+reserve fails with StagingFull, so staging never takes the last bytes the database (by
+default a SQLite file in the same directory) needs. The other half of the room is for
+what others write meanwhile (the database, other replicas). The readiness probe (`check`)
+never touches these counters.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ WRITE_BLOCK_BYTES = 256 * 1024
 # SHA-NI, less than a thread hand-off costs the loop) and written by its placement's move,
 # in the hand-off that renames it (and, on the chunk route, records it): one hand-off less.
 SMALL_CHUNK_BYTES = 64 * 1024
-FREE_SPACE_PROBE_BYTES = 1024 * 1024
+FREE_SPACE_PROBE_BYTES = 64 * 1024 * 1024
 # writev takes at most IOV_MAX buffers per call.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -261,7 +264,9 @@ class DiskStaging:
         self.fsync = fsync
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
-        self._unprobed_bytes = FREE_SPACE_PROBE_BYTES  # probe at the first reservation
+        # Reserved since the last free-space probe, and how much may be before the next.
+        self._unprobed_bytes = 0
+        self._probe_budget = 0  # probe at the first reservation
         self.incoming_dir = root / "incoming"
         self.sessions_dir = root / "sessions"
         self._used_bytes = 0
@@ -290,7 +295,7 @@ class DiskStaging:
                 raise StagingFull(details={"staging_max_bytes": self.max_bytes})
             if self.min_free_bytes:
                 self._unprobed_bytes += size_bytes
-                if self._unprobed_bytes >= FREE_SPACE_PROBE_BYTES:
+                if self._unprobed_bytes > self._probe_budget:
                     self._keep_free_space(size_bytes)
                     self._unprobed_bytes = 0
             self._used_bytes += size_bytes
@@ -301,8 +306,11 @@ class DiskStaging:
         try:
             found = os.statvfs(self.incoming_dir)
         except OSError:
+            self._probe_budget = 0
             return  # the write itself will say what is wrong
-        if found.f_bavail * found.f_frsize - size_bytes < self.min_free_bytes:
+        room = found.f_bavail * found.f_frsize - size_bytes - self.min_free_bytes
+        self._probe_budget = min(max(room // 2, 0), FREE_SPACE_PROBE_BYTES)
+        if room < 0:
             raise StagingFull(
                 "The staging filesystem is full (its free-space reserve is kept).",
                 details={"staging_min_free_bytes": self.min_free_bytes},

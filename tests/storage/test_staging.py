@@ -147,6 +147,32 @@ async def test_a_write_that_would_eat_the_free_space_reserve_is_refused(tmp_path
     await writer.discard()
 
 
+async def test_the_free_space_reserve_holds_between_probes(tmp_path: Path) -> None:
+    # Free space is probed again only once half of the room the last probe left has been
+    # reserved: a stream of writes is still refused before it passes the reserve by more
+    # than what a probe cannot see (the writer's bytes not on disk yet: the block in the
+    # thread, the block gathering, a piece). Probed every 1 MiB, as before, it went ~1 MiB
+    # further.
+    found = os.statvfs(tmp_path)
+    room = 8 * WRITE_BLOCK_BYTES
+    piece = WRITE_BLOCK_BYTES // 4
+    staging = DiskStaging(
+        tmp_path / "staging", min_free_bytes=found.f_bavail * found.f_frsize - room
+    )
+    staging.prepare()
+    writer = staging.new_writer(max_bytes=64 * WRITE_BLOCK_BYTES)
+
+    async def fill() -> None:
+        for _ in range(256):
+            await writer.write(bytes(piece))
+
+    with pytest.raises(StagingFull):
+        await fill()
+    assert writer.size_bytes <= room + 2 * WRITE_BLOCK_BYTES + piece
+    await writer.discard()
+    assert staging.used_bytes == 0
+
+
 async def test_a_small_placed_chunk_is_written_by_its_record_hand_off(
     staging: DiskStaging,
 ) -> None:
