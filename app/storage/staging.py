@@ -28,6 +28,7 @@ never touches these counters.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import io
@@ -93,8 +94,9 @@ class DiskChunkWriter:
         self._block_bytes = block_bytes
         self._defer_bytes = defer_bytes
         self._deferred = False
-        self._name = f"{uuid.uuid4().hex}.part"
-        self._path = staging.incoming_dir / self._name
+        # 128 random bits, as a uuid4's hex, without building the UUID (~4x the cost).
+        self._name = f"{os.urandom(16).hex()}.part"
+        self._path = os.path.join(staging.incoming_path, self._name)  # no PurePath per writer
         self._fd = -1
         self._digest = hashlib.sha256()
         self._pending: list[bytes | memoryview] = []
@@ -221,19 +223,20 @@ class DiskChunkWriter:
 
     def _discard(self) -> None:
         self._close_fd()
-        self._path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
         self._staging.release(self._size_bytes)
         self._staging.writer_done(self._name)
         self._size_bytes = 0
 
 
-def _create(path: Path) -> int:
+def _create(path: str | Path) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except FileNotFoundError:
         # The staging directory was wiped under a running process (a replaced volume, an
         # operator's clean-up): recreate it rather than fail every chunk from now on.
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
 
@@ -268,6 +271,7 @@ class DiskStaging:
         self._unprobed_bytes = 0
         self._probe_budget = 0  # probe at the first reservation
         self.incoming_dir = root / "incoming"
+        self.incoming_path = str(self.incoming_dir)
         self.sessions_dir = root / "sessions"
         self._used_bytes = 0
         # Incoming files still being written, and what their writers reserved so far: a
