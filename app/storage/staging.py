@@ -76,9 +76,11 @@ class DiskChunkWriter:
     keeps its bytes until the placement's move writes the temp file and renames it (the
     same temp file, then rename; nothing half-written is ever under `sessions/`).
 
-    A full block goes to the thread only when the next piece arrives, so a chunk or an
-    append piece that ends on a block's edge (every 1 MiB chunk, every 1 MiB PATCH) sends
-    its last block with the close: one hand-off less, for at most one piece more held.
+    Such a writer, and one made with `send_late` (appends' pieces), sends a full block to
+    the thread only when the next piece arrives, so a chunk or a piece that ends on a
+    block's edge (every 1 MiB chunk, every 1 MiB PATCH) sends its last block with the
+    close: one hand-off less, for at most one piece more held. Other writers send a block
+    as soon as it is full: a stalled request's bytes reach the disk.
     """
 
     def __init__(
@@ -88,12 +90,14 @@ class DiskChunkWriter:
         max_bytes: int,
         block_bytes: int = WRITE_BLOCK_BYTES,
         defer_bytes: int = 0,
+        send_late: bool = False,
     ) -> None:
         self._staging = staging
         self._max_bytes = max_bytes
         self._block_bytes = block_bytes
         self._defer_bytes = defer_bytes
         self._deferred = False
+        self._send_late = send_late or defer_bytes > 0
         # 128 random bits, as a uuid4's hex, without building the UUID (~4x the cost).
         self._name = f"{os.urandom(16).hex()}.part"
         self._path = os.path.join(staging.incoming_path, self._name)  # no PurePath per writer
@@ -113,10 +117,12 @@ class DiskChunkWriter:
             raise ChunkTooLarge(details={"max_chunk_size": self._max_bytes})
         self._staging.reserve(len(data), writer=self._name)
         self._size_bytes += len(data)
-        if self._pending_bytes >= self._block_bytes:
+        if self._send_late and self._pending_bytes >= self._block_bytes:
             await self._send_block()  # more follows the full block: not the last one
         self._pending.append(data)
         self._pending_bytes += len(data)
+        if not self._send_late and self._pending_bytes >= self._block_bytes:
+            await self._send_block()
 
     async def _send_block(self) -> None:
         await self._wait_in_flight()
@@ -387,9 +393,11 @@ class DiskStaging:
         self.release(size_bytes)
 
     def new_writer(
-        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES, send_late: bool = False
     ) -> DiskChunkWriter:
-        return DiskChunkWriter(self, max_bytes=max_bytes, block_bytes=block_bytes)
+        return DiskChunkWriter(
+            self, max_bytes=max_bytes, block_bytes=block_bytes, send_late=send_late
+        )
 
     def new_placed_writer(
         self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES

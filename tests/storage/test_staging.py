@@ -104,8 +104,7 @@ async def test_re_measuring_during_a_write_counts_its_bytes_once(staging: DiskSt
 async def test_a_request_cancelled_mid_block_leaves_nothing(staging: DiskStaging) -> None:
     writer = staging.new_writer(max_bytes=64 * WRITE_BLOCK_BYTES)
     big = bytes(16 * WRITE_BLOCK_BYTES)  # hashing it keeps the thread busy a while
-    await writer.write(big)  # held: a full block goes once more follows
-    await writer.write(big)  # the first block is in the thread now
+    await writer.write(big)  # in the thread now
     waiting = asyncio.create_task(writer.write(big))  # waits for the first block
     await asyncio.sleep(0)
     waiting.cancel()
@@ -115,6 +114,28 @@ async def test_a_request_cancelled_mid_block_leaves_nothing(staging: DiskStaging
 
     assert list(staging.incoming_dir.iterdir()) == []
     assert staging.used_bytes == 0
+
+
+async def test_a_late_sending_writer_sends_a_body_ending_on_a_block_edge_with_the_close(
+    staging: DiskStaging,
+) -> None:
+    # An append's writer: its full block waits for more bytes, so a body of exactly one
+    # block reaches the thread once, with the close. Other writers send it at once (a
+    # stalled request's bytes reach the disk).
+    block = 4 * WRITE_BLOCK_BYTES
+    data = os.urandom(block)
+    late = staging.new_writer(max_bytes=block, block_bytes=block, send_late=True)
+    for piece in pieces_of(data, [WRITE_BLOCK_BYTES] * 3):
+        await late.write(piece)
+    assert list(staging.incoming_dir.iterdir()) == []  # all still gathered
+    staged = await late.finish()
+    assert (staging.incoming_dir / staged.file_name).read_bytes() == data
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    eager = staging.new_writer(max_bytes=block, block_bytes=WRITE_BLOCK_BYTES)
+    await eager.write(data[:WRITE_BLOCK_BYTES])  # full: in the thread at once
+    await eager.write(data[WRITE_BLOCK_BYTES : 2 * WRITE_BLOCK_BYTES])  # waits for it
+    assert len(list(staging.incoming_dir.iterdir())) == 2
+    await eager.discard()
 
 
 async def test_the_readiness_probe_leaves_the_cap_counter_alone(staging: DiskStaging) -> None:
