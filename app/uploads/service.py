@@ -269,7 +269,9 @@ class UploadService:
     def new_append_writer(self) -> ChunkWriter:
         """A staging writer for one piece of a byte-stream append (tus, IETF)."""
         return self.staging.new_writer(
-            max_bytes=self._append_piece_bytes, block_bytes=APPEND_WRITE_BLOCK_BYTES
+            max_bytes=self._append_piece_bytes,
+            block_bytes=APPEND_WRITE_BLOCK_BYTES,
+            send_late=True,
         )
 
     @property
