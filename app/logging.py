@@ -40,8 +40,9 @@ class PerRequestLogger:
 
     def __init__(self, name: str) -> None:
         self._proxy = structlog.get_logger(name)
-        self._built_for: tuple[object, ...] = ()
-        self._logger: Any = None
+        # The configuration it was built for and the logger, as one value: a thread that
+        # reads it never pairs a logger with another configuration's key.
+        self._built: tuple[tuple[object, ...], Any] | None = None
 
     def _bound(self) -> Any:
         config = structlog.get_config()
@@ -51,11 +52,11 @@ class PerRequestLogger:
             config["logger_factory"],
             config["context_class"],
         )
-        built_for = self._built_for
-        if not built_for or any(now is not then for now, then in zip(key, built_for, strict=True)):
-            self._logger = self._proxy.bind()
-            self._built_for = key
-        return self._logger
+        built = self._built
+        if built is None or any(now is not then for now, then in zip(key, built[0], strict=True)):
+            built = (key, self._proxy.bind())
+            self._built = built
+        return built[1]
 
     def info(self, event: str, **fields: Any) -> None:
         self._bound().info(event, **fields)

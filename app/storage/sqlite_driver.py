@@ -192,7 +192,8 @@ class Prepared:
         self._plan: list[tuple[str, Any, Any]] = []
         for name in compiled.positiontup or ():
             bind = compiled.binds[name]
-            if bind.callable is not None or bind.expanding:
+            # Those are rendered into the SQL per call (`__[POSTCOMPILE_...]`), not bound.
+            if bind.callable is not None or bind.expanding or bind.literal_execute:
                 raise ValueError(f"Prepared does not take parameter {name!r}'s kind")
             process = _fast_bind_processor(bind.type, dialect) or bind.type.dialect_impl(
                 dialect

@@ -270,3 +270,16 @@ def test_prepared_parameters_are_what_sqlalchemy_binds() -> None:
         prepared.parameters({"id": 1, "at": datetime(2026, 1, 1), "doc": None})
     with pytest.raises(InvalidRequestError, match="'id'"):
         prepared.parameters({"at": instants[0], "doc": None})
+
+
+def test_prepared_refuses_parameters_rendered_into_the_sql_per_call() -> None:
+    """Expanding (`IN` lists) and literal-execute parameters become SQL text at execution
+    (`__[POSTCOMPILE_...]`), which a statement compiled once cannot give: refused when
+    prepared, not failing later in SQLite."""
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True))
+    dialect = sqlite_dialect.dialect()
+    expanding = select(table.c.id).where(table.c.id.in_(bindparam("ids", expanding=True)))
+    literal = select(table.c.id).limit(bindparam("n", 5, literal_execute=True))
+    for statement in (expanding, literal):
+        with pytest.raises(ValueError, match="kind"):
+            sqlite_driver.Prepared(statement, dialect)
