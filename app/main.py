@@ -27,13 +27,13 @@ import gc
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import health, uploads
@@ -246,17 +246,32 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = Headers(scope=scope).get("x-request-id", "")
+        given = _first_header(scope["headers"], b"x-request-id")
         request_id = given if 0 < len(given) <= 128 and given.isprintable() else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
+        echoed = (b"x-request-id", request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                headers = message.get("headers") or []
+                if any(name.lower() == b"x-request-id" for name, _ in headers):
+                    MutableHeaders(scope=message)["X-Request-ID"] = request_id
+                else:
+                    # What MutableHeaders does when the response has none (every route).
+                    message["headers"] = [*headers, echoed]
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+def _first_header(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> str:
+    """`Headers(scope=scope).get(name, "")` without building the mapping (ASGI servers
+    give header names in lower case)."""
+    for key, value in headers:
+        if key == name:
+            return value.decode("latin-1")
+    return ""
 
 
 def __getattr__(name: str) -> Any:

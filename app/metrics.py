@@ -31,9 +31,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.logging import PerRequestLogger
 from app.single_flight import SingleFlight
 
-access_log = structlog.get_logger("app.access")
+access_log = PerRequestLogger("app.access")
 log = structlog.get_logger(__name__)
 
 LabelValues = tuple[str, ...]

@@ -8,10 +8,12 @@ Chunk files of a real WAV are staged on disk as `DiskStaging` places them, then
 worker thread (`StagedRange.hash_into`) and sent straight from the files (`open_reader`),
 exactly the path the flush uses. Over plain http (the default here, as the bench's moto)
 SigV4 also needs the part's own SHA-256. The service itself is not started: what is
-measured is this process' CPU (all threads) and its event loop thread's alone, per GiB
-sent, and moto's CPU. For an A/B of two trees run it with `PYTHONPATH=DIR` (a `git
-archive <commit> app` of the other tree) in alternation; the object is checked against
-the staged bytes every round.
+measured is this process' CPU (all threads; of it the kernel's, `system`) and its event
+loop thread's alone, per GiB sent, and moto's CPU. `--service-malloc` sets glibc malloc's
+parameters as the service does at start-up (`app.main.tune_malloc`); without it, glibc's
+defaults (all figures before 2026-12-07 22:00 UTC). For an A/B of two trees run it with
+`PYTHONPATH=DIR` (a `git archive <commit> app` of the other tree) in alternation; the
+object is checked against the staged bytes every round.
 """
 
 from __future__ import annotations
@@ -72,8 +74,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             gib = args.parts * PART / GiB
             for _ in range(args.rounds):
                 key = f"uploads/flushcost-{uuid.uuid4().hex}"
-                cpu, loop, moto_cpu, wall = (
+                cpu, system, loop, moto_cpu, wall = (
                     time.process_time(),
+                    os.times().system,
                     time.thread_time(),
                     moto.cpu_seconds(),
                     time.perf_counter(),
@@ -91,6 +94,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 figures = {
                     "seconds_per_gib": (time.perf_counter() - wall) / gib,
                     "cpu_s_per_gib": (time.process_time() - cpu) / gib,
+                    "system_cpu_s_per_gib": (os.times().system - system) / gib,
                     "loop_cpu_s_per_gib": (time.thread_time() - loop) / gib,
                     "moto_cpu_s_per_gib": (moto.cpu_seconds() - moto_cpu) / gib,
                 }
@@ -110,6 +114,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "app": str(Path(app.__file__).parent),
         "sign": args.sign,
+        "service_malloc": args.service_malloc,
         "parts": args.parts,
         "chunk_mib": args.chunk_mib,
         "load_average": os.getloadavg(),
@@ -124,13 +129,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunk-mib", type=int, default=8)
     parser.add_argument("--sign", choices=("auto", "always", "never"), default="auto")
+    parser.add_argument(
+        "--service-malloc",
+        action="store_true",
+        help="set glibc malloc's parameters as the service does at start-up (app.main)",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    if args.service_malloc:
+        from app.main import tune_malloc
+
+        tune_malloc()
     results = uvloop.run(main_async(args))  # the service's loop (uvicorn picks uvloop)
     medians = results["medians"]
     print(
-        f"{results['app']} sign={args.sign} chunk={args.chunk_mib} MiB:"
-        f" {medians['cpu_s_per_gib']:.2f} CPU-s/GiB, loop {medians['loop_cpu_s_per_gib']:.2f},"
+        f"{results['app']} sign={args.sign} chunk={args.chunk_mib} MiB"
+        f"{' service-malloc' if args.service_malloc else ''}:"
+        f" {medians['cpu_s_per_gib']:.2f} CPU-s/GiB (system {medians['system_cpu_s_per_gib']:.2f}),"
+        f" loop {medians['loop_cpu_s_per_gib']:.2f},"
         f" {medians['seconds_per_gib']:.2f} s/GiB, moto {medians['moto_cpu_s_per_gib']:.2f};"
         f" load {results['load_average'][0]:.1f}",
         flush=True,

@@ -22,8 +22,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError, MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
@@ -43,6 +44,17 @@ MAX_FIELDS = 8
 MAX_FIELD_BYTES = 1024
 MAX_FIELDS_TOTAL_BYTES = 4096
 MAX_PART_HEADER_BYTES = 2048
+# Header values seen before, and what parsing them gave: a client sends the same form
+# headers with every chunk (and usually the same boundary), and python-multipart's
+# option parsing costs more of the event loop than the rest of a small part's handling.
+# Bounded: values up to 512 characters, emptied when full (a hostile client's distinct
+# headers only evict; parsing them costs what it did).
+PARSED_HEADERS_CAPACITY = 256
+PARSED_HEADER_MAX_CHARS = 512
+
+
+_K = TypeVar("_K", str, bytes)
+_V = TypeVar("_V")
 
 
 @dataclass
@@ -66,8 +78,7 @@ async def read_chunk_form(
     idle_timeout_seconds: float | None = None,
     max_body_bytes: int | None = None,
 ) -> ChunkForm:
-    content_type, options = parse_options_header(request.headers.get("content-type"))
-    boundary = options.get(b"boundary")
+    content_type, boundary = _content_type(request.headers.get("content-type"))
     if content_type != b"multipart/form-data" or not boundary:
         raise ValidationFailed("The body must be multipart/form-data with a boundary.")
 
@@ -123,17 +134,22 @@ async def read_chunk_form(
     def on_part_end() -> None:
         events.append(("end", None))
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    try:
+        parser = MultipartParser(
+            boundary,
+            {
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_headers_finished": on_headers_finished,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+            },
+        )
+    except FormParserError:
+        # python-multipart takes boundaries of up to 256 bytes (RFC 2046 allows 70); a
+        # longer one was a 500.
+        raise MalformedBody("The multipart boundary is too long.") from None
 
     form = ChunkForm()
     part = _Part()
@@ -279,5 +295,33 @@ def _shown(name: str) -> str:
 
 
 def _field_name(headers: dict[bytes, bytes]) -> str:
-    _, options = parse_options_header(headers.get(b"content-disposition", b""))
-    return options.get(b"name", b"").decode("utf-8", "replace")
+    disposition = headers.get(b"content-disposition", b"")
+    name = _field_names.get(disposition)
+    if name is None:
+        _, options = parse_options_header(disposition)
+        name = options.get(b"name", b"").decode("utf-8", "replace")
+        _remember(_field_names, disposition, name)
+    return name
+
+
+def _content_type(header: str | None) -> tuple[bytes, bytes | None]:
+    """The body's media type and multipart boundary, as `parse_options_header` reads them."""
+    key = header or ""
+    parsed = _content_types.get(key)
+    if parsed is None:
+        content_type, options = parse_options_header(header)
+        parsed = (content_type, options.get(b"boundary"))
+        _remember(_content_types, key, parsed)
+    return parsed
+
+
+_field_names: dict[bytes, str] = {}
+_content_types: dict[str, tuple[bytes, bytes | None]] = {}
+
+
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    if len(key) > PARSED_HEADER_MAX_CHARS:
+        return
+    if len(cache) >= PARSED_HEADERS_CAPACITY:
+        cache.clear()
+    cache[key] = value

@@ -16,15 +16,19 @@ other replicas' files are counted from then on. Beyond the cap, or on ENOSPC, a 
 fails with StagingFull and the caller discards the partial file.
 
 Free-space reserve (`min_free_bytes`, STAGING_MIN_FREE_BYTES): the filesystem's free space
-is probed (statvfs, a few microseconds) at the first reservation and then after every
-FREE_SPACE_PROBE_BYTES reserved; a write that would leave less than the reserve fails with
-StagingFull, so staging never takes the last bytes the database (by default a SQLite file
-in the same directory) needs. The readiness probe (`check`) never touches these counters.
+is probed (statvfs) at the first reservation and then again once this process has reserved
+half of the room the last probe left above the reserve (at most FREE_SPACE_PROBE_BYTES
+apart, every reservation once the room is small); a write that would leave less than the
+reserve fails with StagingFull, so staging never takes the last bytes the database (by
+default a SQLite file in the same directory) needs. The other half of the room is for
+what others write meanwhile (the database, other replicas). The readiness probe (`check`)
+never touches these counters.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import io
@@ -48,7 +52,7 @@ WRITE_BLOCK_BYTES = 256 * 1024
 # SHA-NI, less than a thread hand-off costs the loop) and written by its placement's move,
 # in the hand-off that renames it (and, on the chunk route, records it): one hand-off less.
 SMALL_CHUNK_BYTES = 64 * 1024
-FREE_SPACE_PROBE_BYTES = 1024 * 1024
+FREE_SPACE_PROBE_BYTES = 64 * 1024 * 1024
 # writev takes at most IOV_MAX buffers per call.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -65,15 +69,18 @@ class DiskChunkWriter:
     block of `block_bytes` (WRITE_BLOCK_BYTES unless the caller asks for more) is
     gathered; a worker thread then hashes them and writes them with one writev. One block
     is in the thread while the next one gathers, so receiving and disk work overlap;
-    memory per request stays under two blocks.
+    memory per request stays at about two blocks.
 
     With `defer_bytes`, a chunk of at most that many bytes that is finished before any
     block went to the thread is hashed on the event loop and left unwritten: the staging
     keeps its bytes until the placement's move writes the temp file and renames it (the
-    same temp file, then rename; nothing half-written is ever under `sessions/`). Such a
-    writer also sends a full block to the thread only when the next piece arrives, so a
-    chunk that ends on a block's edge (every 1 MiB chunk) sends its last block with the
-    close: one hand-off less, for at most one piece more held.
+    same temp file, then rename; nothing half-written is ever under `sessions/`).
+
+    Such a writer, and one made with `send_late` (appends' pieces), sends a full block to
+    the thread only when the next piece arrives, so a chunk or a piece that ends on a
+    block's edge (every 1 MiB chunk, every 1 MiB PATCH) sends its last block with the
+    close: one hand-off less, for at most one piece more held. Other writers send a block
+    as soon as it is full: a stalled request's bytes reach the disk.
     """
 
     def __init__(
@@ -83,15 +90,17 @@ class DiskChunkWriter:
         max_bytes: int,
         block_bytes: int = WRITE_BLOCK_BYTES,
         defer_bytes: int = 0,
+        send_late: bool = False,
     ) -> None:
         self._staging = staging
         self._max_bytes = max_bytes
         self._block_bytes = block_bytes
         self._defer_bytes = defer_bytes
         self._deferred = False
-        self._send_late = defer_bytes > 0
-        self._name = f"{uuid.uuid4().hex}.part"
-        self._path = staging.incoming_dir / self._name
+        self._send_late = send_late or defer_bytes > 0
+        # 128 random bits, as a uuid4's hex, without building the UUID (~4x the cost).
+        self._name = f"{os.urandom(16).hex()}.part"
+        self._path = os.path.join(staging.incoming_path, self._name)  # no PurePath per writer
         self._fd = -1
         self._digest = hashlib.sha256()
         self._pending: list[bytes | memoryview] = []
@@ -220,19 +229,20 @@ class DiskChunkWriter:
 
     def _discard(self) -> None:
         self._close_fd()
-        self._path.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._path)
         self._staging.release(self._size_bytes)
         self._staging.writer_done(self._name)
         self._size_bytes = 0
 
 
-def _create(path: Path) -> int:
+def _create(path: str | Path) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except FileNotFoundError:
         # The staging directory was wiped under a running process (a replaced volume, an
         # operator's clean-up): recreate it rather than fail every chunk from now on.
-        path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 
 
@@ -263,8 +273,11 @@ class DiskStaging:
         self.fsync = fsync
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
-        self._unprobed_bytes = FREE_SPACE_PROBE_BYTES  # probe at the first reservation
+        # Reserved since the last free-space probe, and how much may be before the next.
+        self._unprobed_bytes = 0
+        self._probe_budget = 0  # probe at the first reservation
         self.incoming_dir = root / "incoming"
+        self.incoming_path = str(self.incoming_dir)
         self.sessions_dir = root / "sessions"
         self._used_bytes = 0
         # Incoming files still being written, and what their writers reserved so far: a
@@ -292,7 +305,7 @@ class DiskStaging:
                 raise StagingFull(details={"staging_max_bytes": self.max_bytes})
             if self.min_free_bytes:
                 self._unprobed_bytes += size_bytes
-                if self._unprobed_bytes >= FREE_SPACE_PROBE_BYTES:
+                if self._unprobed_bytes > self._probe_budget:
                     self._keep_free_space(size_bytes)
                     self._unprobed_bytes = 0
             self._used_bytes += size_bytes
@@ -303,8 +316,11 @@ class DiskStaging:
         try:
             found = os.statvfs(self.incoming_dir)
         except OSError:
+            self._probe_budget = 0
             return  # the write itself will say what is wrong
-        if found.f_bavail * found.f_frsize - size_bytes < self.min_free_bytes:
+        room = found.f_bavail * found.f_frsize - size_bytes - self.min_free_bytes
+        self._probe_budget = min(max(room // 2, 0), FREE_SPACE_PROBE_BYTES)
+        if room < 0:
             raise StagingFull(
                 "The staging filesystem is full (its free-space reserve is kept).",
                 details={"staging_min_free_bytes": self.min_free_bytes},
@@ -377,9 +393,11 @@ class DiskStaging:
         self.release(size_bytes)
 
     def new_writer(
-        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES, send_late: bool = False
     ) -> DiskChunkWriter:
-        return DiskChunkWriter(self, max_bytes=max_bytes, block_bytes=block_bytes)
+        return DiskChunkWriter(
+            self, max_bytes=max_bytes, block_bytes=block_bytes, send_late=send_late
+        )
 
     def new_placed_writer(
         self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES

@@ -76,9 +76,11 @@ class S3Staging:
         self._loop = asyncio.get_running_loop()
 
     def new_writer(
-        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+        self, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES, send_late: bool = False
     ) -> DiskChunkWriter:
-        return self.local.new_writer(max_bytes=max_bytes, block_bytes=block_bytes)
+        return self.local.new_writer(
+            max_bytes=max_bytes, block_bytes=block_bytes, send_late=send_late
+        )
 
     async def remove_temp(self, staged: StagedFile) -> None:
         await self.local.remove_temp(staged)

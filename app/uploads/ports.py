@@ -182,9 +182,13 @@ class PlacesChunks(Protocol):
 class ChunkStaging(Protocol):
     """Local files that hold chunks until completion."""
 
-    def new_writer(self, *, max_bytes: int, block_bytes: int = ...) -> ChunkWriter:
+    def new_writer(
+        self, *, max_bytes: int, block_bytes: int = ..., send_late: bool = ...
+    ) -> ChunkWriter:
         """`block_bytes`: how much the writer gathers per hand-off to its disk thread (it
-        holds at most two blocks); the store's default unless a caller asks for more."""
+        holds at most two blocks); the store's default unless a caller asks for more.
+        `send_late`: a full block waits for the next bytes (a body ending on a block's
+        edge sends it with the close: one hand-off less), instead of going at once."""
         ...
 
     async def adopt(self, session_id: str, staged: StagedFile, index: int) -> str:

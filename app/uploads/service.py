@@ -54,6 +54,7 @@ from app.errors import (
     UploadLocked,
     ValidationFailed,
 )
+from app.logging import PerRequestLogger
 from app.uploads import audio, leasing
 from app.uploads.assembly import hash_stream, upload_in_parts
 from app.uploads.audio import AudioFacts
@@ -91,6 +92,8 @@ from app.uploads.ports import (
 )
 
 log = structlog.get_logger(__name__)
+# The event every chunk logs (app.logging.PerRequestLogger).
+chunk_log = PerRequestLogger(__name__)
 
 # How often a `complete` waiting for another holder's lease looks again.
 LEASE_POLL_SECONDS = 0.25
@@ -266,7 +269,9 @@ class UploadService:
     def new_append_writer(self) -> ChunkWriter:
         """A staging writer for one piece of a byte-stream append (tus, IETF)."""
         return self.staging.new_writer(
-            max_bytes=self._append_piece_bytes, block_bytes=APPEND_WRITE_BLOCK_BYTES
+            max_bytes=self._append_piece_bytes,
+            block_bytes=APPEND_WRITE_BLOCK_BYTES,
+            send_late=True,
         )
 
     @property
@@ -391,7 +396,7 @@ class UploadService:
             raise SessionNotAcceptingChunks()
         if recorded.replaced is not None and recorded.replaced.file_name != file_name:
             await self.staging.remove_chunk(session_id, recorded.replaced.file_name)
-        log.info(
+        chunk_log.info(
             "upload.chunk_stored",
             session_id=session_id,
             index=index,

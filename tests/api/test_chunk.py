@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+from fastapi.responses import JSONResponse
 
+from app.api.envelope import success
+from app.api.uploads import chunk_stored_response
 from app.dev.keys import KeyPair
 from app.main import create_app
 from app.settings import Settings
@@ -422,3 +425,43 @@ async def test_a_chunk_that_arrives_whole_gets_the_same_answers(
         status = (await api.status(open_id)).json()["data"]
         assert status["received_chunks"] == [3]
         assert len(staged_files(settings)) == 1
+
+
+def test_chunk_stored_body_is_what_json_response_renders() -> None:
+    """The chunk route fills its body in without a JSON encoder: the same bytes and
+    headers as `JSONResponse(success(...))`."""
+    for index, size, digest in [
+        (0, 0, hashlib.sha256(b"").hexdigest()),
+        (7, 1024, hashlib.sha256(b"x").hexdigest()),
+        (999_999_999, 64 * 1024 * 1024, "f" * 64),
+    ]:
+        fast = chunk_stored_response(index, size, digest)
+        slow = JSONResponse(
+            success(
+                "Chunk uploaded successfully.",
+                {"chunk_index": index, "size": size, "sha256": digest},
+            )
+        )
+        assert (fast.body, fast.raw_headers, fast.status_code) == (
+            slow.body,
+            slow.raw_headers,
+            slow.status_code,
+        )
+
+
+async def test_an_overlong_boundary_is_422(api: UploadApi, settings: Settings) -> None:
+    """python-multipart refuses boundaries over 256 bytes when the parser is built: a
+    malformed body (it was a 500), and nothing staged."""
+    session_id = await api.session()
+    boundary = "b" * 300
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="upload_session_id"\r\n\r\n'
+        f"{session_id}\r\n--{boundary}--\r\n"
+    ).encode()
+    response = await api.client.post(
+        "/upload/chunk",
+        content=body,
+        headers={**api.headers(), "content-type": f"multipart/form-data; boundary={boundary}"},
+    )
+    assert_error(response, 422, "malformed_body")
+    assert staged_files(settings) == []

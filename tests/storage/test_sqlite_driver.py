@@ -6,13 +6,26 @@ Core path does."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, Column, Integer, MetaData, Table, bindparam, insert, select, text
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import (
+    JSON,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    bindparam,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.exc import IntegrityError, InvalidRequestError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.storage import sqlite_driver
@@ -211,3 +224,62 @@ async def test_prepared_statements_write_and_read_what_the_core_path_does(
         assert by_id.row(raw) == {"id": 2, "at": at + timedelta(hours=1), "doc": None}
     finally:
         await engine.dispose()
+
+
+def test_prepared_parameters_are_what_sqlalchemy_binds() -> None:
+    """`Prepared.parameters` (its own plan, `utc_datetime_text` for UTC datetimes) gives
+    the values SQLAlchemy's `construct_params` and bind processors give, constants bound
+    in the statement included; a missing value is refused as SQLAlchemy refuses it."""
+    metadata = MetaData()
+    table = Table(
+        "t",
+        metadata,
+        Column("id", Integer, primary_key=True),
+        Column("at", UtcDateTime, nullable=False),
+        Column("state", String(16)),
+        Column("doc", JSON),
+    )
+    dialect = sqlite_dialect.dialect()
+    statement = (
+        update(table)
+        .where(table.c.id == bindparam("id"), table.c.state == "open", table.c.at < bindparam("at"))
+        .values(at=bindparam("at"), doc=bindparam("doc"))
+    )
+    prepared = sqlite_driver.Prepared(statement, dialect)
+    compiled = statement.compile(dialect=dialect)
+    processors: dict[str, Any] = dict(compiled._bind_processors)
+    zones = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-11))]
+    instants = [
+        datetime(2026, 12, 7, 13, 0, 0, 123456, tzinfo=UTC),
+        datetime(2026, 1, 1, 0, 0, 0, 0, tzinfo=UTC),  # no microseconds: still six digits
+        datetime(999, 3, 4, 5, 6, 7, 8, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+    ]
+    for instant in instants:
+        for zone in zones:
+            local = instant.astimezone(zone) if 1000 < instant.year < 9999 else instant
+            values = {"id": 7, "at": local, "doc": {"k": [1, None]}}
+            given = compiled.construct_params(values)
+            expected = tuple(
+                processors[name](given[name]) if name in processors else given[name]
+                for name in compiled.positiontup or ()
+            )
+            assert prepared.parameters(values) == expected
+            assert sqlite_driver.utc_datetime_text(local) == expected[0]
+    with pytest.raises(ValueError, match="naive"):
+        prepared.parameters({"id": 1, "at": datetime(2026, 1, 1), "doc": None})
+    with pytest.raises(InvalidRequestError, match="'id'"):
+        prepared.parameters({"at": instants[0], "doc": None})
+
+
+def test_prepared_refuses_parameters_rendered_into_the_sql_per_call() -> None:
+    """Expanding (`IN` lists) and literal-execute parameters become SQL text at execution
+    (`__[POSTCOMPILE_...]`), which a statement compiled once cannot give: refused when
+    prepared, not failing later in SQLite."""
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True))
+    dialect = sqlite_dialect.dialect()
+    expanding = select(table.c.id).where(table.c.id.in_(bindparam("ids", expanding=True)))
+    literal = select(table.c.id).limit(bindparam("n", 5, literal_execute=True))
+    for statement in (expanding, literal):
+        with pytest.raises(ValueError, match="kind"):
+            sqlite_driver.Prepared(statement, dialect)

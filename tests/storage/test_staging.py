@@ -116,6 +116,28 @@ async def test_a_request_cancelled_mid_block_leaves_nothing(staging: DiskStaging
     assert staging.used_bytes == 0
 
 
+async def test_a_late_sending_writer_sends_a_body_ending_on_a_block_edge_with_the_close(
+    staging: DiskStaging,
+) -> None:
+    # An append's writer: its full block waits for more bytes, so a body of exactly one
+    # block reaches the thread once, with the close. Other writers send it at once (a
+    # stalled request's bytes reach the disk).
+    block = 4 * WRITE_BLOCK_BYTES
+    data = os.urandom(block)
+    late = staging.new_writer(max_bytes=block, block_bytes=block, send_late=True)
+    for piece in pieces_of(data, [WRITE_BLOCK_BYTES] * 3):
+        await late.write(piece)
+    assert list(staging.incoming_dir.iterdir()) == []  # all still gathered
+    staged = await late.finish()
+    assert (staging.incoming_dir / staged.file_name).read_bytes() == data
+    assert staged.sha256 == hashlib.sha256(data).hexdigest()
+    eager = staging.new_writer(max_bytes=block, block_bytes=WRITE_BLOCK_BYTES)
+    await eager.write(data[:WRITE_BLOCK_BYTES])  # full: in the thread at once
+    await eager.write(data[WRITE_BLOCK_BYTES : 2 * WRITE_BLOCK_BYTES])  # waits for it
+    assert len(list(staging.incoming_dir.iterdir())) == 2
+    await eager.discard()
+
+
 async def test_the_readiness_probe_leaves_the_cap_counter_alone(staging: DiskStaging) -> None:
     # It used to re-measure the tree without the lock, dropping in-flight reservations.
     writer = staging.new_writer(max_bytes=10 * WRITE_BLOCK_BYTES)
@@ -144,6 +166,32 @@ async def test_a_write_that_would_eat_the_free_space_reserve_is_refused(tmp_path
     writer = roomy.new_writer(max_bytes=WRITE_BLOCK_BYTES)
     await writer.write(bytes(100))
     await writer.discard()
+
+
+async def test_the_free_space_reserve_holds_between_probes(tmp_path: Path) -> None:
+    # Free space is probed again only once half of the room the last probe left has been
+    # reserved: a stream of writes is still refused before it passes the reserve by more
+    # than what a probe cannot see (the writer's bytes not on disk yet: the block in the
+    # thread, the block gathering, a piece). Probed every 1 MiB, as before, it went ~1 MiB
+    # further.
+    found = os.statvfs(tmp_path)
+    room = 8 * WRITE_BLOCK_BYTES
+    piece = WRITE_BLOCK_BYTES // 4
+    staging = DiskStaging(
+        tmp_path / "staging", min_free_bytes=found.f_bavail * found.f_frsize - room
+    )
+    staging.prepare()
+    writer = staging.new_writer(max_bytes=64 * WRITE_BLOCK_BYTES)
+
+    async def fill() -> None:
+        for _ in range(256):
+            await writer.write(bytes(piece))
+
+    with pytest.raises(StagingFull):
+        await fill()
+    assert writer.size_bytes <= room + 2 * WRITE_BLOCK_BYTES + piece
+    await writer.discard()
+    assert staging.used_bytes == 0
 
 
 async def test_a_small_placed_chunk_is_written_by_its_record_hand_off(
