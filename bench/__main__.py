@@ -551,19 +551,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             service = start_upload_service(UploadServiceConfig(keypair, s3, bucket, work_dir))
             tus_files = work_dir / "tus-files-2"
             tus = start_tus(tus_dir, tus_files)
-            processes += [service, tus]
+            bare_tus = start_bare(work_dir)
+            processes += [service, tus, bare_tus]
             ours = {"Authorization": f"Bearer {token}", "Upload-Metadata": TUS_METADATA}
             for patch_mib in args.tus_patch_mib:
                 for clients in args.tus_clients:
-                    pair = (
+                    pair: tuple[tuple[str, Process, dict[str, str]], ...] = (
                         ("service", service, ours),
                         ("tus", tus, {"Upload-Metadata": TUS_METADATA}),
+                        ("bare", bare_tus, {}),
                     )
                     figures = {name: [] for name, _, _ in pair}
                     cpu = {name: [] for name, _, _ in pair}
+                    # The rest of the cores' budget: the local S3 server (eager flush only
+                    # sends uploads whose head is audio, and this payload is zeros: ~0
+                    # unless some other work leaks in) and this process, the client.
+                    s3_cpu = {name: [] for name, _, _ in pair}
+                    client_cpu: dict[str, list[float]] = {name: [] for name, _, _ in pair}
                     for _ in range(runs):
                         for name, process, headers in pair:
                             cpu_before = process.cpu_seconds()
+                            s3_before = s3_cpu_seconds(s3)
+                            client_before = time.process_time()
                             figures[name].append(
                                 await ingest_tus(
                                     process.port,
@@ -574,18 +583,22 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                                     leave_open=True,
                                 )
                             )
-                            cpu[name].append(
-                                (process.cpu_seconds() - cpu_before) / (args.tus_mib * MiB / GiB)
-                            )
+                            gib = args.tus_mib * MiB / GiB
+                            cpu[name].append((process.cpu_seconds() - cpu_before) / gib)
+                            s3_cpu[name].append((s3_cpu_seconds(s3) - s3_before) / gib)
+                            client_cpu[name].append((time.process_time() - client_before) / gib)
                         clean_dir(tus_files)
                     row = {
                         "patch_mib": patch_mib,
                         "clients": clients,
                         **{f"{k}_mb_s": median(v) for k, v in figures.items()},
                         **{f"{k}_cpu_s_per_gib": median(v) for k, v in cpu.items()},
+                        **{f"{k}_s3_cpu_s_per_gib": median(v) for k, v in s3_cpu.items()},
+                        **{f"{k}_client_cpu_s_per_gib": median(v) for k, v in client_cpu.items()},
                         "samples": figures,
                     }
                     row["service_over_tus"] = row["service_mb_s"] / row["tus_mb_s"]
+                    row["bare_over_tus"] = row["bare_mb_s"] / row["tus_mb_s"]
                     results["tus"].append(row)
                     size = f"{patch_mib} MiB" if patch_mib else "whole file"
                     print(
@@ -595,6 +608,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                     )
             service.stop()
             tus.stop()
+            bare_tus.stop()
 
         # ---- complete latency and end-to-end, eager flush on and off, beside PutObject
         results["complete"] = []
@@ -1003,15 +1017,24 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"| tus ingest, {results.get('tus_bytes', 0) // MiB} MiB per figure, PATCH size x"
             " clients | our tus endpoint MB/s | tus-node (file store) MB/s | ours ÷ tus-node"
-            " | CPU-s per GiB: ours / tus-node |",
-            "|---|---:|---:|---:|---:|",
+            " | CPU-s per GiB: ours / tus-node | S3 server CPU-s per GiB during ours"
+            " | client CPU-s per GiB: ours / tus-node"
+            " | bare tus endpoint MB/s (uvicorn + FastAPI, SHA-256 + disk in a thread)"
+            " | bare ÷ tus-node"
+            " | bare CPU-s per GiB |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for row in results["tus"]:
             size = f"{row['patch_mib']} MiB" if row["patch_mib"] else "whole file"
             lines.append(
                 f"| {size} x {row['clients']} | {row['service_mb_s']:.0f} | {row['tus_mb_s']:.0f}"
                 f" | {row['service_over_tus']:.2f}"
-                f" | {row['service_cpu_s_per_gib']:.2f} / {row['tus_cpu_s_per_gib']:.2f} |"
+                f" | {row['service_cpu_s_per_gib']:.2f} / {row['tus_cpu_s_per_gib']:.2f}"
+                f" | {_figure(row, 'service_s3_cpu_s_per_gib', '.2f')}"
+                f" | {_figure(row, 'service_client_cpu_s_per_gib', '.2f')}"
+                f" / {_figure(row, 'tus_client_cpu_s_per_gib', '.2f')}"
+                f" | {_figure(row, 'bare_mb_s', '.0f')} | {_figure(row, 'bare_over_tus', '.2f')}"
+                f" | {_figure(row, 'bare_cpu_s_per_gib', '.2f')} |"
             )
     lines += [
         "",
