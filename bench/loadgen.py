@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+SEND_SLICE_BYTES = 256 * 1024
+
 
 @dataclass
 class Response:
@@ -63,8 +65,13 @@ class Connection:
         lines.append(f"Content-Length: {length}")
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
         for part in body:
-            self._writer.write(part)
-            await self._writer.drain()
+            view = memoryview(part)
+            # In slices: what the socket does not take at once, the transport copies
+            # into its buffer (a whole-file body would be copied whole, at ~2 CPU-s per
+            # GiB taken from the servers measured on the same cores).
+            for start in range(0, len(view), SEND_SLICE_BYTES):
+                self._writer.write(view[start : start + SEND_SLICE_BYTES])
+                await self._writer.drain()
         await self._writer.drain()
         return await self._read_response()
 
