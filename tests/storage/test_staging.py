@@ -285,3 +285,80 @@ async def test_a_placed_chunk_ending_on_a_block_edge_sends_its_last_block_with_t
     assert hand_offs == 4  # three blocks, then the fourth with the close
     assert (staging.incoming_dir / staged.file_name).read_bytes() == data
     assert staged.sha256 == hashlib.sha256(data).hexdigest()
+
+
+SESSION = "3f6c2a7e-1b4d-4c8e-9f0a-5d2e8b7c6a10"
+
+
+async def place(staging: DiskStaging, data: bytes, index: int, session: str = SESSION) -> Path:
+    writer = staging.new_writer(max_bytes=len(data))
+    await writer.write(data)
+    staged = await writer.finish()
+    return staging.session_dir(session) / await staging.adopt(session, staged, index)
+
+
+def spares_of(staging: DiskStaging) -> list[Path]:
+    return sorted(staging.incoming_dir.glob("*.spare"))
+
+
+async def test_a_removed_sessions_files_come_back_empty_as_new_files(
+    staging: DiskStaging,
+) -> None:
+    old = [await place(staging, os.urandom(WRITE_BLOCK_BYTES + 7), i) for i in range(3)]
+    inodes = {path.stat().st_ino for path in old}
+    await staging.remove_session(SESSION)
+
+    assert not staging.session_dir(SESSION).exists()
+    assert len(spares_of(staging)) == 3
+    assert all(spare.stat().st_size == 0 for spare in spares_of(staging))
+    assert await staging.list_incoming() == []  # spares are not temp files to clean up
+    assert staging.used_bytes == 0
+
+    # A new chunk, much shorter than what the file held: only its own bytes are there.
+    placed = await place(staging, b"new bytes", 0, "0b9e8f7a-6c5d-4e3f-8a1b-2c3d4e5f6a7b")
+    assert placed.stat().st_ino in inodes
+    assert placed.read_bytes() == b"new bytes"
+    assert len(spares_of(staging)) == 2
+    small = staging.new_placed_writer(max_bytes=SMALL_CHUNK_BYTES)  # written by its move
+    await small.write(b"tiny")
+    staged = await small.finish()
+    moved = staging.session_dir(SESSION) / await staging.adopt(SESSION, staged, 0)
+    assert moved.stat().st_ino in inodes
+    assert moved.read_bytes() == b"tiny"
+
+
+async def test_spares_are_capped_and_the_rest_is_removed(
+    staging: DiskStaging, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("app.storage.staging.SPARE_FILES", 2)
+    for i in range(5):
+        await place(staging, b"x" * 100, i)
+    await staging.remove_session(SESSION)
+
+    assert len(spares_of(staging)) == 2
+    assert not staging.session_dir(SESSION).exists()
+    assert await staging.refresh_usage() == 0
+
+
+async def test_a_spare_gone_from_disk_still_gives_a_new_file(staging: DiskStaging) -> None:
+    await place(staging, b"old", 0)
+    await staging.remove_session(SESSION)
+    for spare in spares_of(staging):
+        spare.unlink()  # an operator's clean-up
+
+    placed = await place(staging, b"fresh", 1)
+    assert placed.read_bytes() == b"fresh"
+
+
+async def test_a_new_process_reuses_the_spares_left_on_disk(staging: DiskStaging) -> None:
+    await place(staging, b"a" * 1000, 0)
+    await staging.remove_session(SESSION)
+    (spare,) = spares_of(staging)
+    inode = spare.stat().st_ino
+
+    restarted = DiskStaging(staging.root)
+    restarted.prepare()
+    placed = await place(restarted, b"b", 0)
+    assert placed.stat().st_ino == inode
+    assert placed.read_bytes() == b"b"
+    assert spares_of(restarted) == []
