@@ -21,7 +21,6 @@ import httpx
 
 from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
 from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY
-from app.storage.staging import SPARE_SUFFIX
 
 
 def service_env(
@@ -190,13 +189,8 @@ def read_response(sock: socket.socket, timeout_seconds: float) -> bytes:
 
 
 def staged_files(staging: Path, folder: str) -> list[Path]:
-    """Files under `staging/folder` that hold upload bytes: the empty spare files staging
-    keeps for reuse are not (and one that is not empty fails the caller's test here)."""
     root = staging / folder
-    found = sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
-    spares = [path for path in found if path.name.endswith(SPARE_SUFFIX)]
-    assert all(path.stat().st_size == 0 for path in spares), f"a spare file holds bytes: {spares}"
-    return [path for path in found if path not in spares]
+    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
 
 
 def make_wav(path: Path, seconds: float) -> bytes:

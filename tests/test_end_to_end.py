@@ -17,7 +17,6 @@ import pytest
 from app.dev.keys import KeyPair
 from app.settings import Settings
 from tests.audio_factory import make_audio
-from tests.processes import staged_files
 from tests.service_process import ServiceProcess, settings_env
 
 MiB = 1024 * 1024
@@ -96,5 +95,5 @@ async def test_30_mb_out_of_order_4_parallel(
     assert result["size"] == len(data) and result["content_type"] == "audio/wav"
     assert result["duration_seconds"] == pytest.approx(170, rel=0.01)
     leftovers = [p for p in (settings.local_temp_chunk_path / "sessions").rglob("*")]
-    leftovers += staged_files(settings.local_temp_chunk_path, "incoming")
+    leftovers += list((settings.local_temp_chunk_path / "incoming").rglob("*"))
     assert leftovers == []

@@ -2,7 +2,6 @@
 
 Layout under the root (`LOCAL_TEMP_CHUNK_PATH`):
   incoming/<random>.part              a chunk being received (any session, any order)
-  incoming/<random>.spare             an empty file kept for reuse (below)
   sessions/<session id>/<index>.<random>.chunk    a received chunk
 
 Invariants: a chunk file appears under `sessions/` only by an atomic rename of a fully
@@ -24,16 +23,6 @@ reserve fails with StagingFull, so staging never takes the last bytes the databa
 default a SQLite file in the same directory) needs. The other half of the room is for
 what others write meanwhile (the database, other replicas). The readiness probe (`check`)
 never touches these counters.
-
-Spare files: a removed session's chunk files are emptied and renamed into `incoming/` as
-spares (up to SPARE_FILES), and a new temp file is a spare renamed to its name when there
-is one. Allocating an inode is most of what a small chunk costs the kernel (on ext4
-without a journal, which skips recently freed inodes, ~0.4-0.9 ms of CPU per file here;
-a same-directory rename and an open of an empty file, ~40 µs). A spare is emptied before
-it is renamed into place, and a reused one is opened with O_TRUNC too, so no byte of one
-upload can ever be read as another's. Only whole sessions that are done (completed,
-aborted, expired: nothing reads their files any more) give their files; a single chunk
-that is replaced is unlinked as before (an eager flush may still be reading it).
 """
 
 from __future__ import annotations
@@ -64,9 +53,6 @@ WRITE_BLOCK_BYTES = 256 * 1024
 # in the hand-off that renames it (and, on the chunk route, records it): one hand-off less.
 SMALL_CHUNK_BYTES = 64 * 1024
 FREE_SPACE_PROBE_BYTES = 64 * 1024 * 1024
-# Empty files kept for reuse (an inode each, no data blocks).
-SPARE_FILES = 1024
-SPARE_SUFFIX = ".spare"
 # writev takes at most IOV_MAX buffers per call.
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
@@ -155,7 +141,7 @@ class DiskChunkWriter:
     def _write_block(self, block: list[bytes | memoryview]) -> None:
         try:
             if self._fd < 0:
-                self._fd = self._staging.open_new(self._path)
+                self._fd = _create(self._path)
             for piece in block:
                 self._digest.update(piece)
             _write_all(self._fd, block)
@@ -203,7 +189,7 @@ class DiskChunkWriter:
     def _close(self, fsync: bool) -> None:
         try:
             if self._fd < 0:  # an empty chunk
-                self._fd = self._staging.open_new(self._path)
+                self._fd = _create(self._path)
             if fsync:
                 os.fsync(self._fd)
         except OSError as error:
@@ -300,8 +286,6 @@ class DiskStaging:
         # Small finished chunks not written yet (`DiskChunkWriter(defer_bytes=...)`): their
         # bytes and size, by temp file name, until their placement's move writes them.
         self._unwritten: dict[str, tuple[list[bytes | memoryview], int]] = {}
-        # Paths of empty files under incoming/ that a new temp file may be renamed from.
-        self._spares: list[str] = []
         # The counter moves on the event loop and in worker threads.
         self._lock = threading.Lock()
 
@@ -309,54 +293,6 @@ class DiskStaging:
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
         self.sessions_dir.mkdir(parents=True, exist_ok=True)
         self._used_bytes = _tree_bytes(self.incoming_dir) + _tree_bytes(self.sessions_dir)
-        with os.scandir(self.incoming_dir) as entries:
-            spares = [e.path for e in entries if e.name.endswith(SPARE_SUFFIX)]
-        with self._lock:
-            self._spares = spares[:SPARE_FILES]
-
-    # --- new files and spare ones --------------------------------------------------------
-    def open_new(self, path: str) -> int:
-        """Blocking: open a new, empty temp file at `path` for writing, a spare renamed
-        there when there is one (no inode to allocate)."""
-        with self._lock:
-            spare = self._spares.pop() if self._spares else None
-        if spare is not None:
-            with contextlib.suppress(OSError):  # gone (a wiped directory): a new one
-                os.rename(spare, path)
-        return _create(path)  # O_TRUNC: empty whatever it came from
-
-    def _retire_files(self, directory: Path) -> None:
-        """Blocking: empty the regular files in `directory` and keep them as spares, while
-        there is room for more; the caller removes what is left."""
-        with self._lock:
-            room = SPARE_FILES - len(self._spares)
-        if room <= 0:
-            return
-        kept: list[str] = []
-        try:
-            with os.scandir(directory) as entries:
-                for entry in entries:
-                    if len(kept) >= room:
-                        break
-                    try:
-                        if not entry.is_file(follow_symlinks=False):
-                            continue
-                        fd = os.open(entry.path, os.O_WRONLY | os.O_NOFOLLOW)
-                        try:
-                            os.ftruncate(fd, 0)
-                        finally:
-                            os.close(fd)
-                        spare = os.path.join(
-                            self.incoming_path, os.urandom(16).hex() + SPARE_SUFFIX
-                        )
-                        os.rename(entry.path, spare)
-                    except OSError:
-                        continue  # left for the caller's removal
-                    kept.append(spare)
-        except FileNotFoundError:
-            return
-        with self._lock:
-            self._spares.extend(kept)
 
     # --- the staging cap ---------------------------------------------------------------
     @property
@@ -424,11 +360,7 @@ class DiskStaging:
         with self._lock:
             writing = set(self._writing)
         entries = await asyncio.to_thread(_entries, self.incoming_dir)
-        return [
-            entry
-            for entry in entries
-            if entry.name not in writing and not entry.name.endswith(SPARE_SUFFIX)
-        ]
+        return [entry for entry in entries if entry.name not in writing]
 
     async def list_session_dirs(self) -> list[str]:
         """Session ids that have a directory (names that are not UUIDs are not ours)."""
@@ -507,7 +439,7 @@ class DiskStaging:
             return
         pieces, size_bytes = held
         try:
-            fd = self.open_new(str(path))
+            fd = _create(path)
             try:
                 _write_all(fd, pieces)
                 if self.fsync:
@@ -575,7 +507,6 @@ class DiskStaging:
 
         def remove() -> None:
             size_bytes = _tree_bytes(directory)
-            self._retire_files(directory)
             shutil.rmtree(directory, ignore_errors=True)
             self.release(size_bytes - _tree_bytes(directory))
 
