@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ async def discard(request: Request) -> dict[str, int]:
 # ours does with every byte, the way ours does it: SHA-256 and the write to the staging
 # disk in a worker thread, one block of >= 1 MiB there while the next one gathers. No
 # auth, database, offset check, lease, quota, logging, one file per upload (as tus-node).
-TUS_DIR = Path(tempfile.mkdtemp(prefix="bare-tus-"))
+# Its files go under the working directory (the bench's work directory, removed after).
+TUS_DIR = Path("bare-tus-files")
 BLOCK_BYTES = 1 << 20
 _uploads: dict[str, tuple[int, Any]] = {}
 
@@ -36,6 +36,7 @@ _uploads: dict[str, tuple[int, Any]] = {}
 @app.post("/files")
 async def tus_create() -> Response:
     upload_id = os.urandom(8).hex()
+    TUS_DIR.mkdir(exist_ok=True)
     fd = os.open(TUS_DIR / upload_id, os.O_WRONLY | os.O_CREAT, 0o600)
     _uploads[upload_id] = (fd, hashlib.sha256())
     return Response(
