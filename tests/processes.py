@@ -188,6 +188,18 @@ def read_response(sock: socket.socket, timeout_seconds: float) -> bytes:
     return bytes(received)
 
 
+def refuses_connections(port: int) -> bool:
+    """True once nothing listens on 127.0.0.1:`port` any more."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        # Queued on the listening socket just as it closed: not proof yet, ask again.
+        return False
+    return False
+
+
 def staged_files(staging: Path, folder: str) -> list[Path]:
     root = staging / folder
     return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []

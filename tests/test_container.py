@@ -38,7 +38,14 @@ import pytest
 
 from app.dev.keys import DEV_AUDIENCE, DEV_ISSUER, KeyPair
 from app.dev.s3server import DEV_ACCESS_KEY, DEV_SECRET_KEY, LocalS3Server, free_port
-from tests.processes import chunk_request, make_wav, read_response, staged_files, wait_until
+from tests.processes import (
+    chunk_request,
+    make_wav,
+    read_response,
+    refuses_connections,
+    staged_files,
+    wait_until,
+)
 from tests.support import split
 
 pytestmark = pytest.mark.slow
@@ -294,14 +301,6 @@ def _event_for(receiver: Container, key: str) -> dict[str, Any] | None:
     return next((e for e in _received_events(receiver) if e.get("key") == key), None)
 
 
-def _refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 def _object_sha256(s3: Any, bucket: str, key: str) -> str:
     return hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
 
@@ -402,7 +401,9 @@ def test_two_replicas_upload_notify_and_shut_down_gracefully(
         )
         signalled_at = time.monotonic()
         podman("kill", "--signal", "TERM", a.name)
-        wait_until(lambda: _refused(a.port), timeout_seconds=GRACE_SECONDS, what="refusal")
+        wait_until(
+            lambda: refuses_connections(a.port), timeout_seconds=GRACE_SECONDS, what="refusal"
+        )
         in_flight.sendall(body[cut:])
         response = read_response(in_flight, 30)
     # The in-flight chunk finishes within the grace period: acknowledged, so kept.

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.processes import (
     ServiceProcess,
     make_wav,
     read_response,
+    refuses_connections,
     service_env,
     staged_files,
     wait_until,
@@ -40,14 +40,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 @pytest.fixture
 def sqlite(tmp_path: Path) -> dict[str, str]:
     return {"database_url": f"sqlite+aiosqlite:///{tmp_path / 'sessions.db'}"}
-
-
-def _refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_sigterm_lets_in_flight_chunks_finish_and_cleans_up_the_cut_off_one(
@@ -72,7 +64,7 @@ def test_sigterm_lets_in_flight_chunks_finish_and_cleans_up_the_cut_off_one(
         )
         service.terminate()
         signalled = time.monotonic()
-        wait_until(lambda: _refused(service.port), timeout_seconds=10, what="refusal")
+        wait_until(lambda: refuses_connections(service.port), timeout_seconds=10, what="refusal")
         # The in-flight request may still finish on its open connection.
         finishing.sendall(rest)
         response = read_response(finishing, 30)
@@ -179,7 +171,7 @@ def test_granian_bounds_the_grace_only_by_killing_the_worker(
         )
         service.terminate()
         signalled = time.monotonic()
-        wait_until(lambda: _refused(service.port), timeout_seconds=10, what="refusal")
+        wait_until(lambda: refuses_connections(service.port), timeout_seconds=10, what="refusal")
         assert service.wait(60) == 0, service.output()
         assert time.monotonic() - signalled < grace + 10
         stalled.close()

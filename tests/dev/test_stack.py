@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import pytest
 
 from app.dev.s3server import free_port
-from tests.processes import wait_until
+from tests.processes import refuses_connections, wait_until
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -27,14 +26,6 @@ def _up(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-def _refused(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_dev_stack_notifies_its_stand_in_and_says_so(tmp_path: Path) -> None:
@@ -98,4 +89,6 @@ def test_dev_stack_notifies_its_stand_in_and_says_so(tmp_path: Path) -> None:
     for noise in ("setup plugin", "Context impl", "Will assume", "Running upgrade"):
         assert noise not in printed
     # The stand-in went with the stack.
-    wait_until(lambda: _refused(receiver_port), timeout_seconds=20, what="the stand-in to stop")
+    wait_until(
+        lambda: refuses_connections(receiver_port), timeout_seconds=20, what="the stand-in to stop"
+    )
