@@ -66,6 +66,12 @@ class CompletionInProgress(ServiceError):
     default_message = "Another request is completing this upload; retry shortly."
 
 
+class LeaseLost(CompletionInProgress):
+    """Raised by the holder of a session's work lease that finds it taken over, before a
+    step the database cannot fence (S3's commit). Its shared state (the eager upload, the
+    part rows) belongs to the new holder now: the loser leaves it alone."""
+
+
 class SessionNotCompletable(ServiceError):
     code, status = "session_not_completable", 409
     default_message = "The upload session can no longer be completed."

@@ -15,7 +15,7 @@ import asyncio
 import functools
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -45,10 +45,12 @@ async def upload_in_parts(
     concurrency: int,
     expected_sha256: str | None,
     on_started: Callable[[str], object] | None = None,
+    before_commit: Callable[[], Awaitable[None]] | None = None,
 ) -> AssembledObject:
     """Upload the stream as `key`. With `expected_sha256`, the content is hashed on the way
     and ChecksumMismatch raised (object not committed) when it differs; without it, the
-    caller has already hashed the content and no hashing happens here."""
+    caller has already hashed the content and no hashing happens here. `before_commit`
+    runs right before the commit and may refuse it by raising (the upload is aborted)."""
     upload_id = await objects.start(key, content_type=content_type, metadata=metadata)
     try:
         if on_started is not None:
@@ -105,6 +107,8 @@ async def upload_in_parts(
                 "The assembled file's SHA-256 does not match the declared sha256.",
                 details={"expected": expected_sha256, "actual": sha256},
             )
+        if before_commit is not None:
+            await before_commit()
         await objects.finish(key, upload_id, [etags[n] for n in sorted(etags)])
     except BaseException as error:
         await abort_quietly(objects, key, upload_id)

@@ -77,13 +77,13 @@ import errno
 import hashlib
 import io
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import BinaryIO, NamedTuple, Protocol
 
 import structlog
 
-from app.errors import ChecksumMismatch
+from app.errors import ChecksumMismatch, LeaseLost
 from app.uploads import buffer_budget, leasing, sha256_state
 from app.uploads.assembly import PartData, abort_quietly, cut_part, first_service_error
 from app.uploads.models import SessionState, StoredChunk, UploadSession, utc_now
@@ -745,13 +745,15 @@ class EagerFlusher:
         *,
         expected_sha256: str | None,
         content_type: str,
+        before_commit: Callable[[], Awaitable[None]] | None = None,
     ) -> EagerResult | None:
         """Send the parts S3 does not hold yet and commit the object as `content_type`.
         None when the session has no usable eager upload (the caller then assembles from
         scratch): none was opened, or it was created with another Content-Type (S3 fixes
         it at creation; rare: chunk 0 changed, or its head was too short to tell and the
         extension's type was wrong). Call after `take_over`. On failure the upload is
-        aborted and its parts forgotten."""
+        aborted and its parts forgotten, unless `before_commit` (run right before the
+        commit) raised LeaseLost: then they belong to whoever took the lease."""
         upload_id = session.multipart_upload_id
         if upload_id is None or session.object_key is None:
             return None
@@ -774,8 +776,10 @@ class EagerFlusher:
             return None
         try:
             return await self._finish(
-                session.id, upload_id, target.key, chunks, plan, expected_sha256
+                session.id, upload_id, target.key, chunks, plan, expected_sha256, before_commit
             )
+        except LeaseLost:
+            raise
         except StalePartsError as stale:
             log.info("upload.eager_upload_dropped", session_id=session.id, reason=str(stale))
             await asyncio.shield(self.discard(session))
@@ -792,6 +796,7 @@ class EagerFlusher:
         chunks: Sequence[StoredChunk],
         plan: Sequence[PlannedPart],
         expected_sha256: str | None,
+        before_commit: Callable[[], Awaitable[None]] | None,
     ) -> EagerResult:
         recorded = {p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)}
         beyond = sorted(n for n in recorded if n > len(plan))
@@ -860,6 +865,8 @@ class EagerFlusher:
         unlisted = sorted(set(await self.objects.list_parts(key, upload_id)) - set(etags))
         if unlisted:
             raise StalePartsError(f"S3 holds parts {unlisted} past the end of the file")
+        if before_commit is not None:
+            await before_commit()
         sent_at = time.perf_counter()
         await self.objects.finish(key, upload_id, [etags[p.part_number] for p in plan])
         committed_at = time.perf_counter()

@@ -3,8 +3,11 @@ the background every third of its time to live, released when the work ends.
 
 `HeldLease.lost` is set when a renewal finds the lease taken over (or the database
 unreachable until the lease ran out): the holder should stop, and every fenced write it
-still attempts fails on its stale generation anyway. A holder that dies simply stops
-renewing; anyone may take the lease once it lapses, within `ttl_seconds`.
+still attempts fails on its stale generation anyway. A step outside the database (S3's
+commit) is fenced by `confirm()` right before it: a renewal that raises LeaseLost if the
+lease was taken, and otherwise gives the step a whole `ttl_seconds` in which nobody else
+can take it. A holder that dies simply stops renewing; anyone may take the lease once it
+lapses, within `ttl_seconds`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from types import TracebackType
 
 import structlog
 
+from app.errors import LeaseLost
 from app.uploads.models import utc_now
 from app.uploads.ports import Lease, LeaseStore
 
@@ -93,6 +97,18 @@ class HeldLease:
                 self._lose()
                 return
             self.lease = renewed
+
+    async def confirm(self) -> None:
+        """Renew now, or raise LeaseLost if the lease is no longer ours."""
+        if self.lost.is_set():
+            raise LeaseLost()
+        renewed = await self.store.renew(
+            self.lease, now=self._clock(), ttl_seconds=self.ttl_seconds
+        )
+        if renewed is None:
+            self._lose()
+            raise LeaseLost()
+        self.lease = renewed
 
     def _lose(self) -> None:
         log.warning(

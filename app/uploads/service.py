@@ -41,6 +41,7 @@ from app.errors import (
     FileIdMismatch,
     FileTooLarge,
     Forbidden,
+    LeaseLost,
     OffsetMismatch,
     SessionExpired,
     SessionNotAcceptingChunks,
@@ -725,7 +726,16 @@ class UploadService:
             # Chunks cannot change any more: re-read the records we now own.
             chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
             self._check_chunk_set(chunks, request.total_chunks)
-            result = await self._assemble(session, chunks, declared_sha or session.sha256)
+            result = await self._assemble(
+                session, chunks, declared_sha or session.sha256, held.confirm
+            )
+        except LeaseLost:
+            # Taken over before the commit (the janitor released us, or a retry claimed
+            # the lapsed lease): the eager upload, its part rows and the session's state
+            # are the new holder's. Its outcome, if any, is the answer.
+            if self.eager is not None:
+                self.eager.release(session.id)
+            return await self._outcome_of_another_completion(session.id)
         except BaseException:
             if self.eager is not None:
                 await asyncio.shield(self._discard_eager(session))
@@ -830,8 +840,16 @@ class UploadService:
         raise CompletionInProgress()
 
     async def _assemble(
-        self, session: UploadSession, chunks: Sequence[StoredChunk], expected_sha256: str | None
+        self,
+        session: UploadSession,
+        chunks: Sequence[StoredChunk],
+        expected_sha256: str | None,
+        confirm_lease: Callable[[], Awaitable[None]],
     ) -> dict[str, Any]:
+        """`confirm_lease` runs right before S3's commit, which no database write can fence:
+        a completion whose lease was taken over meanwhile must not overwrite the object its
+        successor stores (LeaseLost; its own multipart upload is aborted)."""
+
         def open_stream() -> BinaryIO:
             return self.staging.open_assembled(session.id, chunks)
 
@@ -848,7 +866,11 @@ class UploadService:
             # result and the notification. A Content-Type that turns out wrong makes
             # `finish` drop the upload; the plain path below then stores the file.
             eager = await self.eager.finish(
-                session, chunks, expected_sha256=expected_sha256, content_type=content_type
+                session,
+                chunks,
+                expected_sha256=expected_sha256,
+                content_type=content_type,
+                before_commit=confirm_lease,
             )
             if eager is not None:
                 return self._result(key, eager.size_bytes, eager.sha256, content_type, facts)
@@ -876,6 +898,7 @@ class UploadService:
             concurrency=self.policy.part_concurrency,
             expected_sha256=expected_sha256,
             on_started=remember,
+            before_commit=confirm_lease,
         )
         return self._result(key, assembled.size_bytes, sha256, content_type, facts)
 
