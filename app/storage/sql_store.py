@@ -622,7 +622,17 @@ class SqlSessionStore:
                     multipart_upload_id=None,
                 )
             )
-            return before if changed.rowcount == 1 else None
+            if changed.rowcount != 1:
+                return None
+            # Take the lapsed lease from its holder (a new generation, left lapsed): were
+            # it only stalled, its renewal before S3's commit now fails, so it stores
+            # nothing over what a retry will store.
+            await conn.execute(
+                update(session_leases)
+                .where(L.session_id == session_id, L.name == WORK)
+                .values(generation=L.generation + 1, holder="", expires_at=leases.LAPSED)
+            )
+            return before
 
     async def open_session_ids(self, session_ids: Collection[str]) -> set[str]:
         """Those of `session_ids` that are uploading or completing (whatever their expiry:

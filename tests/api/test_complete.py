@@ -304,6 +304,10 @@ async def test_a_completion_that_lost_its_lease_keeps_the_chunks(
             assert taken is not None
             proxy.release.set()
             assert_error(await late, 409, "completion_in_progress")
+            # The late attempt's lease was taken with the session: it committed nothing.
+            bucket = settings.s3_bucket_name
+            assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
+            assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
             status = (await api.status(session_id)).json()["data"]
             assert status["state"] == "uploading"
             assert status["received_chunks"] == list(range(len(chunks)))
