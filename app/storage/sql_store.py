@@ -431,14 +431,22 @@ class SqlSessionStore:
             return bool(state == SessionState.COMPLETING.value)
 
     async def remember_multipart_upload(
-        self, session_id: str, *, object_key: str, upload_id: str | None
-    ) -> None:
+        self,
+        session_id: str,
+        *,
+        object_key: str,
+        upload_id: str | None,
+        lease: Lease | None = None,
+    ) -> bool:
         async with self.engine.begin() as conn:
+            if lease is not None and not await leases.still_held(conn, lease):
+                return False  # taken over: the row names the new holder's upload
             await conn.execute(
                 update(upload_sessions)
                 .where(S.id == session_id)
                 .values(object_key=object_key, multipart_upload_id=upload_id)
             )
+        return True
 
     async def finish_completion(
         self,
@@ -599,6 +607,16 @@ class SqlSessionStore:
         """completing with a long-lapsed lease -> uploading (the client may still retry;
         expiry then runs its normal course). Returns the row as it was before."""
         async with self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # The lease row first, locked to the end: a renewal (the holder's check
+                # before S3's commit) either committed before (and the update below sees
+                # it live) or waits and then finds the lease taken. SQLite's writers are
+                # one at a time already.
+                await conn.execute(
+                    select(L.generation)
+                    .where(L.session_id == session_id, L.name == WORK)
+                    .with_for_update()
+                )
             before = await _get(conn, session_id)
             changed = await conn.execute(
                 update(upload_sessions)

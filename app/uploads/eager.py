@@ -745,15 +745,16 @@ class EagerFlusher:
         *,
         expected_sha256: str | None,
         content_type: str,
-        before_commit: Callable[[], Awaitable[None]] | None = None,
+        confirm_lease: Callable[[], Awaitable[None]] | None = None,
     ) -> EagerResult | None:
         """Send the parts S3 does not hold yet and commit the object as `content_type`.
         None when the session has no usable eager upload (the caller then assembles from
         scratch): none was opened, or it was created with another Content-Type (S3 fixes
         it at creation; rare: chunk 0 changed, or its head was too short to tell and the
         extension's type was wrong). Call after `take_over`. On failure the upload is
-        aborted and its parts forgotten, unless `before_commit` (run right before the
-        commit) raised LeaseLost: then they belong to whoever took the lease."""
+        aborted and its parts forgotten, if `confirm_lease` (renewing the caller's work
+        lease; also run right before the commit) shows they are still the caller's: else
+        they belong to whoever took the lease, and LeaseLost is raised."""
         upload_id = session.multipart_upload_id
         if upload_id is None or session.object_key is None:
             return None
@@ -772,21 +773,39 @@ class EagerFlusher:
                 created_content_type=created,
                 content_type=content_type,
             )
-            await self.discard(session)
+            if not await self._discard_if_ours(session, confirm_lease):
+                raise LeaseLost()
             return None
         try:
             return await self._finish(
-                session.id, upload_id, target.key, chunks, plan, expected_sha256, before_commit
+                session.id, upload_id, target.key, chunks, plan, expected_sha256, confirm_lease
             )
         except LeaseLost:
             raise
         except StalePartsError as stale:
             log.info("upload.eager_upload_dropped", session_id=session.id, reason=str(stale))
-            await asyncio.shield(self.discard(session))
+            if not await asyncio.shield(self._discard_if_ours(session, confirm_lease)):
+                raise LeaseLost() from stale
             return None
         except BaseException:
-            await asyncio.shield(self.discard(session))
+            await asyncio.shield(self._discard_if_ours(session, confirm_lease))
             raise
+
+    async def _discard_if_ours(
+        self, session: UploadSession, confirm_lease: Callable[[], Awaitable[None]] | None
+    ) -> bool:
+        """`discard`, only while the caller still holds the work lease: a holder that
+        stalled and was replaced (the janitor may have aborted the upload it was sending
+        to) must not abort its successor's upload or clear its part rows. False when it
+        did not discard; a database that cannot tell counts as not ours (the janitor
+        reclaims what is left)."""
+        if confirm_lease is not None:
+            try:
+                await confirm_lease()
+            except Exception:  # noqa: BLE001 - LeaseLost, or no answer: leave it alone
+                return False
+        await self.discard(session)
+        return True
 
     async def _finish(
         self,
@@ -796,7 +815,7 @@ class EagerFlusher:
         chunks: Sequence[StoredChunk],
         plan: Sequence[PlannedPart],
         expected_sha256: str | None,
-        before_commit: Callable[[], Awaitable[None]] | None,
+        confirm_lease: Callable[[], Awaitable[None]] | None,
     ) -> EagerResult:
         recorded = {p.part_number: p for p in await self.parts.list_parts(session_id, upload_id)}
         beyond = sorted(n for n in recorded if n > len(plan))
@@ -865,8 +884,8 @@ class EagerFlusher:
         unlisted = sorted(set(await self.objects.list_parts(key, upload_id)) - set(etags))
         if unlisted:
             raise StalePartsError(f"S3 holds parts {unlisted} past the end of the file")
-        if before_commit is not None:
-            await before_commit()
+        if confirm_lease is not None:
+            await confirm_lease()  # S3's commit cannot be fenced: renew right before it
         sent_at = time.perf_counter()
         await self.objects.finish(key, upload_id, [etags[p.part_number] for p in plan])
         committed_at = time.perf_counter()

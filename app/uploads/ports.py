@@ -91,8 +91,16 @@ class SessionStore(Protocol):
         ...
 
     async def remember_multipart_upload(
-        self, session_id: str, *, object_key: str, upload_id: str | None
-    ) -> None: ...
+        self,
+        session_id: str,
+        *,
+        object_key: str,
+        upload_id: str | None,
+        lease: Lease | None = None,
+    ) -> bool:
+        """Name the session's multipart upload on its row (for the janitor to abort it);
+        with `lease`, only while it is still held (False if not)."""
+        ...
 
     async def finish_completion(
         self,

@@ -726,9 +726,7 @@ class UploadService:
             # Chunks cannot change any more: re-read the records we now own.
             chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
             self._check_chunk_set(chunks, request.total_chunks)
-            result = await self._assemble(
-                session, chunks, declared_sha or session.sha256, held.confirm
-            )
+            result = await self._assemble(session, chunks, declared_sha or session.sha256, held)
         except LeaseLost:
             # Taken over before the commit (the janitor released us, or a retry claimed
             # the lapsed lease): the eager upload, its part rows and the session's state
@@ -736,7 +734,15 @@ class UploadService:
             if self.eager is not None:
                 self.eager.release(session.id)
             return await self._outcome_of_another_completion(session.id)
-        except BaseException:
+        except BaseException as error:
+            if not await self._still_holds(held):
+                # Failed after being taken over (e.g. the janitor aborted the upload a
+                # stalled holder was still sending to): as above, nothing here is ours.
+                if self.eager is not None:
+                    self.eager.release(session.id)
+                if isinstance(error, Exception):
+                    return await self._outcome_of_another_completion(session.id)
+                raise
             if self.eager is not None:
                 await asyncio.shield(self._discard_eager(session))
                 self.eager.release(session.id)
@@ -839,16 +845,27 @@ class UploadService:
                 return await self._with_notification_state(session_id, outcome)
         raise CompletionInProgress()
 
+    async def _still_holds(self, held: leasing.HeldLease) -> bool:
+        """Whether the work lease is still ours (renewed by asking): only its holder cleans
+        up what the session's holders share. A database that cannot say: not ours (the
+        lease lapses; a retry or the janitor takes over)."""
+        try:
+            await asyncio.shield(held.confirm())
+        except Exception:  # noqa: BLE001 - LeaseLost, or no answer
+            return False
+        return True
+
     async def _assemble(
         self,
         session: UploadSession,
         chunks: Sequence[StoredChunk],
         expected_sha256: str | None,
-        confirm_lease: Callable[[], Awaitable[None]],
+        held: leasing.HeldLease,
     ) -> dict[str, Any]:
-        """`confirm_lease` runs right before S3's commit, which no database write can fence:
-        a completion whose lease was taken over meanwhile must not overwrite the object its
-        successor stores (LeaseLost; its own multipart upload is aborted)."""
+        """The lease is confirmed (`held.confirm`) right before S3's commit, which no
+        database write can fence: a completion whose lease was taken over meanwhile must
+        not overwrite the object its successor stores (LeaseLost; its own multipart upload
+        is aborted)."""
 
         def open_stream() -> BinaryIO:
             return self.staging.open_assembled(session.id, chunks)
@@ -870,7 +887,7 @@ class UploadService:
                 chunks,
                 expected_sha256=expected_sha256,
                 content_type=content_type,
-                before_commit=confirm_lease,
+                confirm_lease=held.confirm,
             )
             if eager is not None:
                 return self._result(key, eager.size_bytes, eager.sha256, content_type, facts)
@@ -884,9 +901,13 @@ class UploadService:
         metadata = {"sha256": sha256, **target.metadata, **facts_metadata}
 
         async def remember(upload_id: str) -> None:
-            await self.store.remember_multipart_upload(
-                session.id, object_key=key, upload_id=upload_id
-            )
+            if not await self.store.remember_multipart_upload(
+                session.id,
+                object_key=key,
+                upload_id=upload_id,
+                lease=held.lease if self._fenced else None,
+            ):
+                raise LeaseLost()  # the row names the new holder's upload: leave it
 
         assembled = await upload_in_parts(
             self.objects,
@@ -898,7 +919,7 @@ class UploadService:
             concurrency=self.policy.part_concurrency,
             expected_sha256=expected_sha256,
             on_started=remember,
-            before_commit=confirm_lease,
+            before_commit=held.confirm,
         )
         return self._result(key, assembled.size_bytes, sha256, content_type, facts)
 

@@ -48,12 +48,16 @@ def wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 
 class Intruder:
     """The service's own S3 store; on the first call of `method` another holder takes
-    the session's work lease, as if the completion's lease had lapsed."""
+    the session's work lease, as if the completion's lease had lapsed. With `fail`, that
+    call then fails, as S3 fails a part for an upload the janitor aborted meanwhile."""
 
-    def __init__(self, inner: S3MultipartStore, uploads: UploadService, method: str) -> None:
+    def __init__(
+        self, inner: S3MultipartStore, uploads: UploadService, method: str, *, fail: bool
+    ) -> None:
         self.inner = inner
         self.uploads = uploads
         self.method = method
+        self.fail = fail
         self.session_id = ""
         self.taking = False  # parts go up in parallel: only the first call takes it
         self.lease: Lease | None = None
@@ -70,6 +74,8 @@ class Intruder:
             self.session_id, leasing.WORK, holder="intruder", now=lapsed, ttl_seconds=60
         )
         assert self.lease is not None
+        if self.fail:
+            raise ConnectionResetError("the upload's part failed")
 
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO | PartBody
@@ -86,8 +92,10 @@ class Intruder:
         await self.uploads.leases.release(self.lease, now=utc_now())
 
 
-def install(uploads: UploadService, method: str, session_id: str) -> Intruder:
-    intruder = Intruder(uploads.objects, uploads, method)  # type: ignore[arg-type]
+def install(
+    uploads: UploadService, method: str, session_id: str, *, fail: bool = False
+) -> Intruder:
+    intruder = Intruder(uploads.objects, uploads, method, fail=fail)  # type: ignore[arg-type]
     intruder.session_id = session_id
     uploads.objects = intruder
     if uploads.eager is not None:
@@ -121,8 +129,20 @@ async def test_plain_path_loser_commits_nothing_and_a_retry_stores_the_file(
     assert open_uploads(s3, bucket) == []
 
 
-async def test_eager_loser_leaves_the_upload_to_the_new_holder(
-    settings_factory: Callable[..., Settings], keypair: KeyPair, s3: Any, wav: bytes
+@pytest.mark.parametrize(
+    ("method", "fail"),
+    [
+        ("list_parts", False),  # found at the check right before the commit
+        ("upload_part", True),  # the tail's part fails after the take-over
+    ],
+)
+async def test_eager_loser_leaves_the_upload_and_its_rows_to_the_new_holder(
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    s3: Any,
+    wav: bytes,
+    method: str,
+    fail: bool,
 ) -> None:
     settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
     bucket = settings.s3_bucket_name
@@ -133,8 +153,9 @@ async def test_eager_loser_leaves_the_upload_to_the_new_holder(
         await api.send_all(session_id, chunks)
         await flushed_parts(s3, bucket, len(wav) // PART_SIZE)
         [upload] = open_uploads(s3, bucket)
-        # The eager path lists the upload's parts right before its commit (the Ceph rule).
-        intruder = install(uploads, "list_parts", session_id)
+        # The eager path sends the tail, then lists the upload's parts right before its
+        # commit (the Ceph rule).
+        intruder = install(uploads, method, session_id, fail=fail)
         results = spy_on_finish(uploads)
 
         lost = await api.complete(session_id, len(chunks))
@@ -143,13 +164,16 @@ async def test_eager_loser_leaves_the_upload_to_the_new_holder(
         # Not aborted by the loser: it is the new holder's to finish.
         assert [u["UploadId"] for u in open_uploads(s3, bucket)] == [upload["UploadId"]]
         listed = s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
-        assert len(listed["Parts"]) == len(wav) // PART_SIZE + 1  # the tail too
+        assert len(listed["Parts"]) == len(wav) // PART_SIZE + (0 if fail else 1)
 
         await intruder.let_go()
         response = await api.complete(session_id, len(chunks))
         assert response.status_code == 200, response.text
         data = response.json()["data"]
-    assert results[-1] is not None  # the retry finished the same eager upload
+    # The retry finished the same eager upload from the part rows the loser left: only
+    # the tail was sent again (all parts, had the rows been cleared).
+    assert results[-1] is not None
+    assert results[-1].parts_sent_at_complete == 1
     assert data["key"] == upload["Key"]
     assert data["sha256"] == sha256(wav)
     assert stored_bytes(s3, bucket, data["key"]) == wav
