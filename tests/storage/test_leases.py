@@ -11,11 +11,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.storage.database import create_engine, migrate
-from app.storage.leases import SqlLeaseStore
+from app.storage.leases import SqlLeaseStore, held_by
 from app.storage.sql_store import SqlSessionStore
+from app.storage.tables import session_leases
 from app.uploads import leasing
 from app.uploads.models import SessionState, UploadSession, utc_now
 
@@ -126,3 +128,68 @@ async def test_held_lease_is_renewed_while_held_and_released_after(
 async def _renewed_past(held: leasing.HeldLease, expiry: Any) -> None:
     while held.lease.expires_at <= expiry:
         await asyncio.sleep(0.05)
+
+
+async def test_janitor_release_waits_for_a_renewal_in_flight_and_then_sees_it_live(
+    engines: tuple[AsyncEngine, AsyncEngine],
+) -> None:
+    """PostgreSQL: the holder renews (its check right before S3's commit) while the
+    janitor releases its long-lapsed completion. The release must either see the renewal
+    or take the lease before it: never release the session and then take a lease whose
+    holder was just told it still has it."""
+    holder_engine, janitor_engine = engines
+    if holder_engine.dialect.name != "postgresql":
+        pytest.skip("SQLite runs one writer at a time: nothing can interleave")
+    leases = SqlLeaseStore(holder_engine)
+    store = SqlSessionStore(janitor_engine)
+    now = utc_now()
+    session = UploadSession(
+        id=str(uuid.uuid4()),
+        owner_sub="user-1",
+        main_service_file_id=1,
+        original_file_name="a.wav",
+        state=SessionState.UPLOADING,
+        created_at=now,
+        updated_at=now,
+        expires_at=now + timedelta(days=2),
+    )
+    await store.create(session)
+    assert await store.claim_completion(session.id, now=now, lease_expires_at=now)
+    lease = await leases.acquire(session.id, "work", holder="a", now=now, ttl_seconds=1)
+    assert lease is not None
+    later = now + timedelta(hours=1)  # long past the lease: the janitor's case
+
+    renewal = await holder_engine.connect()
+    transaction = await renewal.begin()
+    renewed = await renewal.execute(
+        update(session_leases)
+        .where(held_by(lease))
+        .values(expires_at=later + timedelta(seconds=10))
+    )
+    assert renewed.rowcount == 1  # uncommitted: the row stays locked
+    release = asyncio.create_task(
+        store.release_stale_completion(session.id, now=later, lease_lapsed_before=later)
+    )
+    async with holder_engine.connect() as watcher:
+
+        async def janitor_waits_for_the_lock() -> bool:
+            waiting = await watcher.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            )
+            return bool(waiting)
+
+        deadline = asyncio.get_running_loop().time() + 30
+        while not await janitor_waits_for_the_lock():
+            assert not release.done(), "the release did not wait for the renewal's row lock"
+            assert asyncio.get_running_loop().time() < deadline, "the release never blocked"
+            await asyncio.sleep(0.02)
+    await transaction.commit()
+    await renewal.close()
+
+    assert await release is None  # the renewal was seen: the completion is alive
+    current = await store.get(session.id)
+    assert current is not None and current.state is SessionState.COMPLETING
+    assert await leases.renew(lease, now=later, ttl_seconds=10) is not None  # still a's
