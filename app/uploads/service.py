@@ -735,12 +735,15 @@ class UploadService:
                 self.eager.release(session.id)
             return await self._outcome_of_another_completion(session.id)
         except BaseException as error:
-            if not await self._still_holds(held):
+            holds = await self._still_holds(held)
+            if holds is not True:
                 # Failed after being taken over (e.g. the janitor aborted the upload a
                 # stalled holder was still sending to): as above, nothing here is ours.
+                # Or the database cannot say: the first error is the answer, and the
+                # lease lapses for a retry (or the janitor) to clean up.
                 if self.eager is not None:
                     self.eager.release(session.id)
-                if isinstance(error, Exception):
+                if holds is False and isinstance(error, Exception):
                     return await self._outcome_of_another_completion(session.id)
                 raise
             if self.eager is not None:
@@ -845,14 +848,16 @@ class UploadService:
                 return await self._with_notification_state(session_id, outcome)
         raise CompletionInProgress()
 
-    async def _still_holds(self, held: leasing.HeldLease) -> bool:
+    async def _still_holds(self, held: leasing.HeldLease) -> bool | None:
         """Whether the work lease is still ours (renewed by asking): only its holder cleans
-        up what the session's holders share. A database that cannot say: not ours (the
-        lease lapses; a retry or the janitor takes over)."""
+        up what the session's holders share. None: the database cannot say."""
         try:
             await asyncio.shield(held.confirm())
-        except Exception:  # noqa: BLE001 - LeaseLost, or no answer
+        except LeaseLost:
             return False
+        except Exception:  # noqa: BLE001 - no answer: treated as not ours to clean
+            log.warning("upload.lease_check_failed", session_id=held.lease.session_id)
+            return None
         return True
 
     async def _assemble(

@@ -161,35 +161,43 @@ async def test_janitor_release_waits_for_a_renewal_in_flight_and_then_sees_it_li
 
     renewal = await holder_engine.connect()
     transaction = await renewal.begin()
-    renewed = await renewal.execute(
-        update(session_leases)
-        .where(held_by(lease))
-        .values(expires_at=later + timedelta(seconds=10))
-    )
-    assert renewed.rowcount == 1  # uncommitted: the row stays locked
-    release = asyncio.create_task(
-        store.release_stale_completion(session.id, now=later, lease_lapsed_before=later)
-    )
-    async with holder_engine.connect() as watcher:
+    release: asyncio.Task[UploadSession | None] | None = None
+    try:
+        renewer = await renewal.scalar(text("SELECT pg_backend_pid()"))
+        renewed = await renewal.execute(
+            update(session_leases)
+            .where(held_by(lease))
+            .values(expires_at=later + timedelta(seconds=10))
+        )
+        assert renewed.rowcount == 1  # uncommitted: the row stays locked
+        release = asyncio.create_task(
+            store.release_stale_completion(session.id, now=later, lease_lapsed_before=later)
+        )
+        async with holder_engine.connect() as watcher:
 
-        async def janitor_waits_for_the_lock() -> bool:
-            waiting = await watcher.scalar(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            async def release_waits_for_the_renewal() -> bool:
+                blocked = await watcher.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE :renewer = ANY(pg_blocking_pids(pid))"
+                    ),
+                    {"renewer": renewer},
                 )
-            )
-            return bool(waiting)
+                return bool(blocked)
 
-        deadline = asyncio.get_running_loop().time() + 30
-        while not await janitor_waits_for_the_lock():
-            assert not release.done(), "the release did not wait for the renewal's row lock"
-            assert asyncio.get_running_loop().time() < deadline, "the release never blocked"
-            await asyncio.sleep(0.02)
-    await transaction.commit()
-    await renewal.close()
-
-    assert await release is None  # the renewal was seen: the completion is alive
+            deadline = asyncio.get_running_loop().time() + 30
+            while not await release_waits_for_the_renewal():
+                assert not release.done(), "the release did not wait for the renewal's lock"
+                assert asyncio.get_running_loop().time() < deadline, "the release never blocked"
+                await asyncio.sleep(0.02)
+        await transaction.commit()
+        assert await release is None  # the renewal was seen: the completion is alive
+    finally:
+        if transaction.is_active:
+            await transaction.rollback()
+        await renewal.close()
+        if release is not None and not release.done():
+            release.cancel()
     current = await store.get(session.id)
     assert current is not None and current.state is SessionState.COMPLETING
     assert await leases.renew(lease, now=later, ttl_seconds=10) is not None  # still a's

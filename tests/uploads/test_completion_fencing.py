@@ -19,7 +19,7 @@ from app.dev.keys import KeyPair
 from app.settings import Settings
 from app.storage.s3 import S3MultipartStore
 from app.uploads import leasing
-from app.uploads.models import utc_now
+from app.uploads.models import SessionState, utc_now
 from app.uploads.ports import Lease, PartBody
 from app.uploads.service import UploadService
 from tests.support import UploadApi, assert_error, sha256, split
@@ -77,6 +77,11 @@ class Intruder:
         if self.fail:
             raise ConnectionResetError("the upload's part failed")
 
+    async def start(self, key: str, *, content_type: str, metadata: dict[str, str]) -> str:
+        upload_id = await self.inner.start(key, content_type=content_type, metadata=metadata)
+        await self._take_lease("start")  # after: the loser's own upload exists
+        return upload_id
+
     async def upload_part(
         self, key: str, upload_id: str, part_number: int, data: bytes | BinaryIO | PartBody
     ) -> str:
@@ -103,8 +108,21 @@ def install(
     return intruder
 
 
+@pytest.mark.parametrize(
+    ("method", "fail"),
+    [
+        ("start", False),  # before the row names the loser's upload
+        ("upload_part", False),  # found at the check right before the commit
+        ("upload_part", True),  # a part fails after the take-over
+    ],
+)
 async def test_plain_path_loser_commits_nothing_and_a_retry_stores_the_file(
-    settings_factory: Callable[..., Settings], keypair: KeyPair, s3: Any, wav: bytes
+    settings_factory: Callable[..., Settings],
+    keypair: KeyPair,
+    s3: Any,
+    wav: bytes,
+    method: str,
+    fail: bool,
 ) -> None:
     settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=False)
     bucket = settings.s3_bucket_name
@@ -113,12 +131,17 @@ async def test_plain_path_loser_commits_nothing_and_a_retry_stores_the_file(
         api = UploadApi(http, keypair)
         session_id = await api.session()
         await api.send_all(session_id, chunks)
-        intruder = install(uploads, "upload_part", session_id)
+        intruder = install(uploads, method, session_id, fail=fail)
 
         lost = await api.complete(session_id, len(chunks))
         assert_error(lost, 409, "completion_in_progress")
         assert s3.list_objects_v2(Bucket=bucket).get("Contents", []) == []
         assert open_uploads(s3, bucket) == []  # the loser's own upload, aborted
+        # The session is the new holder's: still completing.
+        row = await uploads.store.get(session_id)
+        assert row is not None and row.state is SessionState.COMPLETING
+        if method == "start":
+            assert row.multipart_upload_id is None  # the loser could not name its upload
 
         await intruder.let_go()
         response = await api.complete(session_id, len(chunks))
