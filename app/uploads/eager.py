@@ -72,6 +72,7 @@ be no cheaper and would not work past 5 GiB.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import hashlib
@@ -788,7 +789,9 @@ class EagerFlusher:
                 raise LeaseLost() from stale
             return None
         except BaseException:
-            await asyncio.shield(self._discard_if_ours(session, confirm_lease))
+            # The first error is the answer, whatever the clean-up meets.
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._discard_if_ours(session, confirm_lease))
             raise
 
     async def _discard_if_ours(
@@ -796,13 +799,12 @@ class EagerFlusher:
     ) -> bool:
         """`discard`, only while the caller still holds the work lease: a holder that
         stalled and was replaced (the janitor may have aborted the upload it was sending
-        to) must not abort its successor's upload or clear its part rows. False when it
-        did not discard; a database that cannot tell counts as not ours (the janitor
-        reclaims what is left)."""
+        to) must not abort its successor's upload or clear its part rows. False when the
+        lease is gone (nothing discarded); a database that cannot tell raises its error."""
         if confirm_lease is not None:
             try:
                 await confirm_lease()
-            except Exception:  # noqa: BLE001 - LeaseLost, or no answer: leave it alone
+            except LeaseLost:
                 return False
         await self.discard(session)
         return True
