@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -31,6 +31,19 @@ async def engines(database: dict[str, Any]) -> AsyncIterator[tuple[AsyncEngine, 
     yield first, second
     await first.dispose()
     await second.dispose()
+
+
+def _uploading_session(now: datetime, *, expires_at: datetime) -> UploadSession:
+    return UploadSession(
+        id=str(uuid.uuid4()),
+        owner_sub="user-1",
+        main_service_file_id=1,
+        original_file_name="a.wav",
+        state=SessionState.UPLOADING,
+        created_at=now,
+        updated_at=now,
+        expires_at=expires_at,
+    )
 
 
 async def test_one_holder_then_take_over_with_a_higher_generation(
@@ -82,16 +95,7 @@ async def test_a_holder_that_lost_its_lease_cannot_complete_the_session(
     leases = SqlLeaseStore(engines[0])
     store = SqlSessionStore(engines[1])
     now = utc_now()
-    session = UploadSession(
-        id=str(uuid.uuid4()),
-        owner_sub="user-1",
-        main_service_file_id=1,
-        original_file_name="a.wav",
-        state=SessionState.UPLOADING,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(hours=1),
-    )
+    session = _uploading_session(now, expires_at=now + timedelta(hours=1))
     await store.create(session)
     assert await store.claim_completion(session.id, now=now, lease_expires_at=now)
     stale = await leases.acquire(session.id, "work", holder="a", now=now, ttl_seconds=1)
@@ -143,16 +147,7 @@ async def test_janitor_release_waits_for_a_renewal_in_flight_and_then_sees_it_li
     leases = SqlLeaseStore(holder_engine)
     store = SqlSessionStore(janitor_engine)
     now = utc_now()
-    session = UploadSession(
-        id=str(uuid.uuid4()),
-        owner_sub="user-1",
-        main_service_file_id=1,
-        original_file_name="a.wav",
-        state=SessionState.UPLOADING,
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(days=2),
-    )
+    session = _uploading_session(now, expires_at=now + timedelta(days=2))
     await store.create(session)
     assert await store.claim_completion(session.id, now=now, lease_expires_at=now)
     lease = await leases.acquire(session.id, "work", holder="a", now=now, ttl_seconds=1)

@@ -8,8 +8,8 @@ and answer 409; once the lease is free again, a retry stores exactly the file.""
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any, BinaryIO
 
@@ -22,6 +22,7 @@ from app.uploads import leasing
 from app.uploads.models import SessionState, utc_now
 from app.uploads.ports import Lease, PartBody
 from app.uploads.service import UploadService
+from tests.audio_factory import make_audio
 from tests.support import UploadApi, assert_error, sha256, split
 from tests.uploads.test_eager_flush import (
     PART_SIZE,
@@ -39,11 +40,20 @@ MiB = 1024 * 1024
 def wav(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """About 11 MB of real audio: two full 5 MiB parts and a tail."""
     path = tmp_path_factory.mktemp("fencing") / "take.wav"
-    subprocess.run(
-        ["sox", "-n", "-r", "44100", "-c", "2", "-b", "16", str(path), "synth", "62", "pinknoise"],
-        check=True,
-    )
-    return path.read_bytes()
+    return make_audio("wav", path, 62, sample_rate=44100, channels=2).read_bytes()
+
+
+@asynccontextmanager
+async def sent(
+    settings: Settings, keypair: KeyPair, wav: bytes
+) -> AsyncIterator[tuple[UploadApi, UploadService, str, list[bytes]]]:
+    """A running service holding a session with every chunk of `wav` received."""
+    chunks = split(wav, 3 * MiB)
+    async with service(settings) as (http, uploads):
+        api = UploadApi(http, keypair)
+        session_id = await api.session()
+        await api.send_all(session_id, chunks)
+        yield api, uploads, session_id, chunks
 
 
 class Intruder:
@@ -126,11 +136,7 @@ async def test_plain_path_loser_commits_nothing_and_a_retry_stores_the_file(
 ) -> None:
     settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=False)
     bucket = settings.s3_bucket_name
-    chunks = split(wav, 3 * MiB)
-    async with service(settings) as (http, uploads):
-        api = UploadApi(http, keypair)
-        session_id = await api.session()
-        await api.send_all(session_id, chunks)
+    async with sent(settings, keypair, wav) as (api, uploads, session_id, chunks):
         intruder = install(uploads, method, session_id, fail=fail)
 
         lost = await api.complete(session_id, len(chunks))
@@ -169,11 +175,7 @@ async def test_eager_loser_leaves_the_upload_and_its_rows_to_the_new_holder(
 ) -> None:
     settings = settings_factory(s3_part_size_bytes=PART_SIZE, eager_flush=True)
     bucket = settings.s3_bucket_name
-    chunks = split(wav, 3 * MiB)
-    async with service(settings) as (http, uploads):
-        api = UploadApi(http, keypair)
-        session_id = await api.session()
-        await api.send_all(session_id, chunks)
+    async with sent(settings, keypair, wav) as (api, uploads, session_id, chunks):
         await flushed_parts(s3, bucket, len(wav) // PART_SIZE)
         [upload] = open_uploads(s3, bucket)
         # The eager path sends the tail, then lists the upload's parts right before its
