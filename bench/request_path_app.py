@@ -16,9 +16,16 @@ class CountingChunkWriter(DiskChunkWriter):
 
 
 def _counting_writer(
-    self: DiskStaging, *, max_bytes: int, block_bytes: int = WRITE_BLOCK_BYTES
+    self: DiskStaging,
+    *,
+    max_bytes: int,
+    block_bytes: int = WRITE_BLOCK_BYTES,
+    send_late: bool = False,
 ) -> DiskChunkWriter:
-    return CountingChunkWriter(self, max_bytes=max_bytes, block_bytes=block_bytes)
+    # send_late: tus and IETF appends ask for it (they failed here without it).
+    return CountingChunkWriter(
+        self, max_bytes=max_bytes, block_bytes=block_bytes, send_late=send_late
+    )
 
 
 DiskStaging.new_writer = _counting_writer  # type: ignore[method-assign]
