@@ -727,20 +727,15 @@ class UploadService:
             chunks = sorted(await self.store.list_chunks(session.id), key=lambda c: c.index)
             self._check_chunk_set(chunks, request.total_chunks)
             result = await self._assemble(session, chunks, declared_sha or session.sha256, held)
-        except LeaseLost:
-            # Taken over before the commit (the janitor released us, or a retry claimed
-            # the lapsed lease): the eager upload, its part rows and the session's state
-            # are the new holder's. Its outcome, if any, is the answer.
-            if self.eager is not None:
-                self.eager.release(session.id)
-            return await self._outcome_of_another_completion(session.id)
         except BaseException as error:
-            holds = await self._still_holds(held)
+            holds = False if isinstance(error, LeaseLost) else await self._still_holds(held)
             if holds is not True:
-                # Failed after being taken over (e.g. the janitor aborted the upload a
-                # stalled holder was still sending to): as above, nothing here is ours.
-                # Or the database cannot say: the first error is the answer, and the
-                # lease lapses for a retry (or the janitor) to clean up.
+                # Taken over (the janitor released us, or a retry claimed the lapsed
+                # lease), before the commit or while failing (e.g. the janitor aborted the
+                # upload a stalled holder was still sending to): the eager upload, its
+                # part rows and the session's state are the new holder's, and its outcome,
+                # if any, is the answer. Or the database cannot say: the first error is
+                # the answer, and the lease lapses for a retry (or the janitor) to clean up.
                 if self.eager is not None:
                     self.eager.release(session.id)
                 if holds is False and isinstance(error, Exception):
